@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import struct
+import warnings
 import zlib
 from dataclasses import asdict, dataclass
 
@@ -130,7 +131,9 @@ def _tensor_from(payload: memoryview, dtype_name: str, shape: list[int]) -> Tens
         raise WireError(f"KV chunk dtype {dtype_name!r} is not supported")
     if not payload:
         return torch.empty(shape, dtype=dtype)
-    return torch.frombuffer(payload, dtype=dtype).view(shape)
+    with warnings.catch_warnings():  # read-only wire buffers: the importer copies, never writes in place
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(payload, dtype=dtype).view(shape)
 
 
 def row_bytes(spec: HybridSpec, kind: str) -> int:

@@ -1,0 +1,34 @@
+"""`prfaas bench ...`: benchmarks that print their figures next to a baseline measured in the same run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from prfaas.bench.engine import format_table, run_engine_bench
+from prfaas.model.tiny import TINY_NAME, resolve_model
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks")
+    kinds = p.add_subparsers(dest="bench", required=True)
+    e = kinds.add_parser("engine", help="prefill/decode tokens/s vs transformers' KimiLinearForCausalLM")
+    e.add_argument("--model", default=TINY_NAME)
+    e.add_argument("--repeats", type=int, default=3)
+    e.add_argument("--decode-steps", type=int, default=64)
+    e.add_argument("--threads", type=int, default=2, help="torch threads for both engines")
+    e.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(run=run_engine)
+
+
+def run_engine(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    result = run_engine_bench(
+        resolve_model(args.model), args.repeats, args.decode_steps, not args.no_hf,
+        log=(lambda _m: None) if args.json else print,
+    )
+    print(json.dumps(result.as_dict()) if args.json else format_table(result))
+    return 0

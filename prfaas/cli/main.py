@@ -1,0 +1,36 @@
+"""The `prfaas` command line: one subcommand per module, each with `add_parser` and `run`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from prfaas.cli import bench, generate
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prfaas", description="Prefill-as-a-Service for hybrid-attention LLMs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    generate.add_parser(sub)
+    bench.add_parser(sub)
+    _add_plan(sub)
+    return parser
+
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    try:
+        from prfaas.cli import plan
+    except ImportError:  # the planner is optional until it lands
+        return
+    plan.add_parser(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
