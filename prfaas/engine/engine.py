@@ -12,7 +12,7 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,7 +23,7 @@ from prfaas.kv.cache import HybridCache
 from prfaas.kv.prefix import PrefixMatch, block_hashes, longest_hybrid_prefix
 from prfaas.kv.spec import HybridSpec
 from prfaas.kv.transfer import ChunkSink, StateExporter, StateImporter
-from prfaas.kv.wire import DEFAULT_CHUNK_BYTES, KvChunk, KvManifest, WireError, plan_chunks
+from prfaas.kv.wire import DEFAULT_CHUNK_BYTES, KvChunk, KvManifest, WireError, pick_chunk_tokens
 from prfaas.model.checkpoint import load_checkpoint
 from prfaas.model.kimi_linear import DecodeInput, KimiLinearModel, PrefillInput
 from prfaas.model.tiny import resolve_model
@@ -141,6 +141,13 @@ class Engine:
     def get(self, request_id: str) -> Sequence | None:
         return self._by_id.get(request_id)
 
+    def manifest(self, request_id: str) -> KvManifest:
+        """The transfer manifest of an exporting request (send it before the chunks)."""
+        seq = self._by_id.get(request_id)
+        if seq is None or seq.exporter is None:
+            raise KeyError(f"request {request_id!r} is not exporting")
+        return seq.exporter.manifest
+
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.prefilling or self.decoding)
@@ -212,19 +219,20 @@ class Engine:
     def _attach_exporter(self, seq: Sequence, export: ExportRequest) -> None:
         if not 0 <= export.start_tokens < len(seq.prompt_ids):
             raise InvalidRequest(f"export start {export.start_tokens} must be in [0, {len(seq.prompt_ids)})")
-        plan = plan_chunks(self.spec, export.start_tokens, len(seq.prompt_ids), export.chunk_bytes)
+        chunk_tokens = pick_chunk_tokens(self.spec, export.chunk_bytes, self.config.max_prefill_tokens)
         manifest = KvManifest(
             self.spec.fingerprint(), seq.request_id, export.epoch, export.start_tokens,
-            len(seq.prompt_ids), export.chunk_bytes, len(plan),
+            len(seq.prompt_ids), export.chunk_bytes, chunk_tokens, 0,
         )
+        manifest = replace(manifest, num_chunks=len(manifest.plan(self.spec)))
         # Blocks and slot are bound at admission; the exporter reads through the sequence.
         seq.exporter = StateExporter(self.cache, manifest, torch.empty(0, dtype=torch.long), -1, export.sink)
 
     # -- prefill -------------------------------------------------------------------------------------
     def _prefill_step(self, seq: Sequence) -> list[TokenEvent]:
         assert seq.slot is not None
-        start = seq.num_computed
-        end = min(len(seq.prompt_ids), start + self.config.max_prefill_tokens)
+        start, step = seq.num_computed, self.config.max_prefill_tokens
+        end = min(len(seq.prompt_ids), (start // step + 1) * step)  # chunk ends are multiples of `step`
         table = seq.block_table(self._blocks_for(end))
         exporter = seq.exporter
         if exporter is not None:

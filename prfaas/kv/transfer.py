@@ -15,7 +15,7 @@ from torch import Tensor
 
 from prfaas.kv.cache import HybridCache
 from prfaas.kv.spec import LayerSpec
-from prfaas.kv.wire import CONV, FULL_KV, RECURRENT, ChunkKey, KvChunk, KvManifest, WireError, check_fingerprint, plan_chunks
+from prfaas.kv.wire import FULL_KV, RECURRENT, ChunkKey, KvChunk, KvManifest, WireError, check_fingerprint
 
 ChunkSink = Callable[[KvChunk], None]
 
@@ -25,7 +25,7 @@ class StateExporter:
         self, cache: HybridCache, manifest: KvManifest, block_table: Tensor, slot: int, sink: ChunkSink
     ) -> None:
         self.cache, self.manifest, self.block_table, self.slot, self.sink = cache, manifest, block_table, slot, sink
-        plan = plan_chunks(cache.spec, manifest.start_tokens, manifest.num_tokens, manifest.chunk_bytes)
+        plan = manifest.plan(cache.spec)
         self._pending: dict[int, list[tuple[int, ChunkKey]]] = {}
         for seq, key in enumerate(plan):
             self._pending.setdefault(key.layer, []).append((seq, key))
@@ -59,7 +59,7 @@ class StateExporter:
 class StateImporter:
     def __init__(self, cache: HybridCache, manifest: KvManifest, block_table: Tensor, slot: int) -> None:
         check_fingerprint(cache.spec, manifest)
-        plan = plan_chunks(cache.spec, manifest.start_tokens, manifest.num_tokens, manifest.chunk_bytes)
+        plan = manifest.plan(cache.spec)
         if len(plan) != manifest.num_chunks:
             raise WireError(f"manifest announces {manifest.num_chunks} chunks, the plan has {len(plan)}")
         self.cache, self.manifest, self.block_table, self.slot = cache, manifest, block_table, slot

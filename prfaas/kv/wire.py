@@ -1,9 +1,10 @@
 """Versioned, self-describing wire format for one sequence's hybrid state.
 
-A transfer is a manifest plus chunks. The chunk plan is a pure function of (spec, start, end, limit):
-for every layer of the spec, in layer order, the rows it contributes, cut into pieces of at most
-`chunk_bytes` each. Rows are tokens start..end-1 for a full-attention layer, and heads (recurrent
-state) or channels (conv tail) for a linear layer. Both ends derive the same plan, so the receiver
+A transfer is a manifest plus chunks. The chunk plan is a pure function of the manifest: for every
+layer of the spec, in layer order, the rows it contributes. Rows are tokens start..end-1 for a
+full-attention layer, cut at absolute multiples of `chunk_tokens` (the sender picks a divisor of its
+prefill chunk, so a piece never waits for a later prefill chunk), and heads (recurrent state) or
+channels (conv tail) for a linear layer, cut into pieces of at most `chunk_bytes`. Both ends derive the same plan, so the receiver
 knows exactly which chunks complete the state and can apply them in any order.
 
 Encoding: `MAGIC | u32 header length | JSON header | raw payload`. The payload is the tensor's
@@ -13,6 +14,7 @@ request, epoch, sequence number, layer, kind, row range, dtype, shape and a CRC3
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 import warnings
@@ -54,9 +56,13 @@ class KvManifest:
     epoch: int
     start_tokens: int  # tokens the receiver already holds (its cached prefix)
     num_tokens: int  # tokens the state covers (the prompt length)
-    chunk_bytes: int
+    chunk_bytes: int  # size limit for linear-state pieces
+    chunk_tokens: int  # full-attention pieces end at multiples of this
     num_chunks: int
     version: int = WIRE_VERSION
+
+    def plan(self, spec: HybridSpec) -> list[ChunkKey]:
+        return plan_chunks(spec, self.start_tokens, self.num_tokens, self.chunk_bytes, self.chunk_tokens)
 
     def encode(self) -> bytes:
         return MANIFEST_MAGIC + json.dumps(asdict(self), sort_keys=True).encode()
@@ -146,21 +152,31 @@ def row_bytes(spec: HybridSpec, kind: str) -> int:
     return spec.linear_conv_shape[1] * itemsize
 
 
-def plan_chunks(spec: HybridSpec, start: int, end: int, chunk_bytes: int) -> list[ChunkKey]:
+def plan_chunks(spec: HybridSpec, start: int, end: int, chunk_bytes: int, chunk_tokens: int) -> list[ChunkKey]:
     """The deterministic chunk plan for the state of tokens start..end-1 (linear state at `end`)."""
     if not 0 <= start < end:
         raise WireError(f"bad token range [{start}, {end})")
+    if chunk_bytes <= 0 or chunk_tokens <= 0:
+        raise WireError("chunk_bytes and chunk_tokens must be positive")
     keys = []
-    h = spec.linear_state_shape[0]
-    channels = spec.linear_conv_shape[0]
+    h, channels = spec.linear_state_shape[0], spec.linear_conv_shape[0]
+    cuts = [start, *range((start // chunk_tokens + 1) * chunk_tokens, end, chunk_tokens), end]
     for layer in spec.layers:
-        ranges = (
-            [(FULL_KV, start, end)] if layer.kind == "full_attention" else [(RECURRENT, 0, h), (CONV, 0, channels)]
-        )
-        for kind, lo, hi in ranges:
+        if layer.kind == "full_attention":
+            keys.extend(ChunkKey(layer.index, FULL_KV, a, b) for a, b in itertools.pairwise(cuts))
+            continue
+        for kind, rows in ((RECURRENT, h), (CONV, channels)):
             step = max(1, chunk_bytes // row_bytes(spec, kind))
-            keys.extend(ChunkKey(layer.index, kind, a, min(a + step, hi)) for a in range(lo, hi, step))
+            keys.extend(ChunkKey(layer.index, kind, a, min(a + step, rows)) for a in range(0, rows, step))
     return keys
+
+
+def pick_chunk_tokens(spec: HybridSpec, chunk_bytes: int, prefill_tokens: int) -> int:
+    """The largest block multiple dividing the prefill chunk whose full-attention rows fit `chunk_bytes`."""
+    blocks = prefill_tokens // spec.block_size
+    fits = max(1, chunk_bytes // (row_bytes(spec, FULL_KV) * spec.block_size))
+    best = max(d for d in range(1, blocks + 1) if blocks % d == 0 and d <= fits) if fits >= 1 else 1
+    return best * spec.block_size
 
 
 def check_fingerprint(spec: HybridSpec, manifest: KvManifest) -> None:

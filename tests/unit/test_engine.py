@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -72,11 +73,12 @@ def disaggregated(
     start = receiver.match_prefix(ids).num_tokens
     wire: list[bytes] = []
     rid = sender.add_request(ids, params, export=ExportRequest(lambda c: wire.append(c.to_bytes()), start, 0, 2048))
+    seq_manifest = KvManifest.decode(sender.manifest(rid).encode())
     first = None
     while sender.has_work:
         for ev in sender.step():
             first = ev.token_id
-    seq_manifest = KvManifest(sender.spec.fingerprint(), rid, 0, start, len(ids), 2048, len(wire))
+    assert len(wire) == seq_manifest.num_chunks
     receiver.begin_import(seq_manifest, ids, params)
     if shuffle:
         random.Random(len(ids)).shuffle(wire)
@@ -120,8 +122,8 @@ def _export(model: KimiLinearModel, ids: list[int]) -> tuple[KvManifest, list[Kv
     sender = make_engine(model)
     chunks: list[KvChunk] = []
     sender.add_request(ids, GREEDY, "r1", export=ExportRequest(chunks.append, 0, 0, 2048))
+    manifest = sender.manifest("r1")
     first = [ev.token_id for ev in sender.step() + sender.step()][-1]
-    manifest = KvManifest(sender.spec.fingerprint(), "r1", 0, 0, len(ids), 2048, len(chunks))
     return manifest, chunks, first
 
 
@@ -139,7 +141,7 @@ def test_import_rejects_incomplete_duplicate_and_foreign_state(model: KimiLinear
     assert receiver.abort("r1")
     assert receiver.cache.blocks.num_free == free_before
     with pytest.raises(WireError, match="fingerprint"):
-        receiver.begin_import(KvManifest("0" * 24, "r2", 0, 0, len(ids), 2048, len(chunks)), ids, GREEDY)
+        receiver.begin_import(replace(manifest, fingerprint="0" * 24, request_id="r2"), ids, GREEDY)
     stale = KvChunk("r1", 7, 0, chunks[0].key, chunks[0].tensor)
     receiver.begin_import(manifest, ids, GREEDY)
     with pytest.raises(WireError, match="stale"):
