@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from prfaas.cli import bench, generate
+from prfaas.cli import bench, generate, plan
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,16 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     generate.add_parser(sub)
     bench.add_parser(sub)
-    _add_plan(sub)
-    return parser
-
-
-def _add_plan(sub: argparse._SubParsersAction) -> None:
-    try:
-        from prfaas.cli import plan
-    except ImportError:  # the planner is optional until it lands
-        return
     plan.add_parser(sub)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
