@@ -82,11 +82,11 @@ def hf_decode_tps(model: torch.nn.Module, steps: int, vocab: int, prompt_tokens:
     ids = torch.tensor([_prompt(prompt_tokens, vocab, 9)])
     with torch.no_grad():
         out = model(ids, use_cache=True, logits_to_keep=1)
-        cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        cache, token = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
         t0 = time.perf_counter()
         for _ in range(steps):
-            out = model(token, past_key_values=cache, use_cache=True)
-            cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            out = model(token, cache=cache, use_cache=True)
+            cache, token = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
     return steps / (time.perf_counter() - t0)
 
 

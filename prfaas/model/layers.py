@@ -94,19 +94,19 @@ class MoE(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])  # [N, H]
         weights, ids = self.route(flat)
-        out = torch.zeros_like(flat)
+        # Sort the N*k (token, expert) pairs by expert, run each expert on its contiguous slice,
+        # then un-sort with a gather and sum the k contributions per token (no scatter-add).
         flat_ids = ids.reshape(-1)
         order = flat_ids.argsort(stable=True)
         counts = torch.bincount(flat_ids, minlength=self.num_experts).tolist()
+        inputs = flat.index_select(0, order // self.top_k)  # [N*k, H] grouped by expert
+        outputs = torch.empty_like(inputs)
         start = 0
         for expert, count in enumerate(counts):
-            if count == 0:
-                continue
-            rows = order[start : start + count]
-            tokens = rows // self.top_k
-            gate, up = F.linear(flat[tokens], self.w13[expert]).chunk(2, dim=-1)
-            y = F.linear(F.silu(gate) * up, self.w2[expert])
-            y = y * weights.reshape(-1)[rows].unsqueeze(-1).to(y.dtype)
-            out.index_add_(0, tokens, y)
-            start += count
-        return (out + self.shared_experts(flat)).reshape(shape)
+            if count:
+                gate, up = F.linear(inputs[start : start + count], self.w13[expert]).chunk(2, dim=-1)
+                torch.matmul(F.silu(gate) * up, self.w2[expert].t(), out=outputs[start : start + count])
+                start += count
+        routed = outputs.index_select(0, order.argsort())  # back to (token, slot) order
+        routed = (routed.view(-1, self.top_k, shape[-1]) * weights.unsqueeze(-1).to(flat.dtype)).sum(1)
+        return (routed + self.shared_experts(flat)).reshape(shape)
