@@ -100,7 +100,11 @@ def load_hf(folder: Path) -> torch.nn.Module | None:
 
 
 def run_engine_bench(
-    folder: Path, repeats: int = 3, decode_steps: int = 64, with_hf: bool = True, log: Callable[[str], None] = print
+    folder: Path,
+    repeats: int = 3,
+    decode_steps: int = 64,
+    with_hf: bool = True,
+    log: Callable[[str], None] = print,
 ) -> EngineBenchResult:
     engine = Engine.from_pretrained(folder, EngineConfig(num_blocks=2048, max_seqs=32))
     vocab = engine.model.config.vocab_size
@@ -111,7 +115,10 @@ def run_engine_bench(
     h1 = h8 = hd = None
     if hf is not None:
         log("transformers: prefill 1K / 8K, decode batch 1 ...")
-        h1, h8 = hf_prefill_tps(hf, 1024, repeats, vocab), hf_prefill_tps(hf, 8192, max(1, repeats - 1), vocab)
+        h1, h8 = (
+            hf_prefill_tps(hf, 1024, repeats, vocab),
+            hf_prefill_tps(hf, 8192, max(1, repeats - 1), vocab),
+        )
         hd = hf_decode_tps(hf, decode_steps, vocab)
     return EngineBenchResult(p1, p8, d1, d16, h1, h8, hd)
 

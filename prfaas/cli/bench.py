@@ -27,7 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_engine(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     result = run_engine_bench(
-        resolve_model(args.model), args.repeats, args.decode_steps, not args.no_hf,
+        resolve_model(args.model),
+        args.repeats,
+        args.decode_steps,
+        not args.no_hf,
         log=(lambda _m: None) if args.json else print,
     )
     print(json.dumps(result.as_dict()) if args.json else format_table(result))

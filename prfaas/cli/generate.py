@@ -42,7 +42,8 @@ def prompt_ids(args: argparse.Namespace, tokenizer: Tokenizer | None) -> list[in
         return parse_ids(args.token_ids, "--token-ids")
     if tokenizer is None:
         raise InvalidRequest(
-            f"model {args.model} has no usable tokenizer (tokenizer.json + `pip install tokenizers`); use --token-ids"
+            f"model {args.model} has no usable tokenizer (tokenizer.json + `pip install tokenizers`); "
+            "use --token-ids"
         )
     return tokenizer.encode(args.prompt)
 
@@ -50,8 +51,11 @@ def prompt_ids(args: argparse.Namespace, tokenizer: Tokenizer | None) -> list[in
 def run(args: argparse.Namespace) -> int:
     try:
         params = SamplingParams(
-            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-            seed=args.seed, stop_token_ids=tuple(parse_ids(args.stop_token_ids, "--stop-token-ids")),
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            stop_token_ids=tuple(parse_ids(args.stop_token_ids, "--stop-token-ids")),
             ignore_eos=args.ignore_eos,
         )
         folder = resolve_model(args.model)
@@ -66,8 +70,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     text = tokenizer.decode(result.token_ids) if tokenizer is not None else None
     if args.json:
-        out = {"token_ids": result.token_ids, "finish_reason": result.finish_reason,
-               "prompt_tokens": len(ids), "elapsed_s": round(elapsed, 4)}
+        out = {
+            "token_ids": result.token_ids,
+            "finish_reason": result.finish_reason,
+            "prompt_tokens": len(ids),
+            "elapsed_s": round(elapsed, 4),
+        }
         if text is not None:
             out["text"] = text
         print(json.dumps(out))

@@ -10,7 +10,9 @@ from prfaas.cli import bench, generate, plan
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prfaas", description="Prefill-as-a-Service for hybrid-attention LLMs")
+    parser = argparse.ArgumentParser(
+        prog="prfaas", description="Prefill-as-a-Service for hybrid-attention LLMs"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     generate.add_parser(sub)
     bench.add_parser(sub)

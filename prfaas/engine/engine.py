@@ -98,7 +98,9 @@ class Engine:
             raise InvalidRequest("prompt is empty: give at least one token")
         for pos, tok in enumerate(prompt_ids):
             if not 0 <= tok < vocab:
-                raise InvalidRequest(f"token id {tok} at position {pos} is outside the vocabulary [0, {vocab})")
+                raise InvalidRequest(
+                    f"token id {tok} at position {pos} is outside the vocabulary [0, {vocab})"
+                )
         total = len(prompt_ids) + params.max_new_tokens
         if total > self.max_model_len:
             raise InvalidRequest(
@@ -175,7 +177,10 @@ class Engine:
         seqs = [self._by_id[r] for r in rids]
         while self.has_work:
             self.step()
-        return [GenerationResult(s.request_id, s.prompt_ids, s.output_ids, s.finish_reason, s.cached_tokens) for s in seqs]
+        return [
+            GenerationResult(s.request_id, s.prompt_ids, s.output_ids, s.finish_reason, s.cached_tokens)
+            for s in seqs
+        ]
 
     # -- admission -----------------------------------------------------------------------------------
     def _blocks_for(self, tokens: int) -> int:
@@ -183,7 +188,9 @@ class Engine:
 
     def _match(self, hashes: list[bytes], prompt_len: int) -> PrefixMatch:
         return longest_hybrid_prefix(
-            hashes, prompt_len, self.spec.block_size,
+            hashes,
+            prompt_len,
+            self.spec.block_size,
             lambda h: self.cache.blocks.lookup(h) is not None,
             lambda h: h in self.cache.snapshots,
         )
@@ -221,8 +228,14 @@ class Engine:
             raise InvalidRequest(f"export start {export.start_tokens} must be in [0, {len(seq.prompt_ids)})")
         chunk_tokens = pick_chunk_tokens(self.spec, export.chunk_bytes, self.config.max_prefill_tokens)
         manifest = KvManifest(
-            self.spec.fingerprint(), seq.request_id, export.epoch, export.start_tokens,
-            len(seq.prompt_ids), export.chunk_bytes, chunk_tokens, 0,
+            self.spec.fingerprint(),
+            seq.request_id,
+            export.epoch,
+            export.start_tokens,
+            len(seq.prompt_ids),
+            export.chunk_bytes,
+            chunk_tokens,
+            0,
         )
         manifest = replace(manifest, num_chunks=len(manifest.plan(self.spec)))
         # Blocks and slot are bound at admission; the exporter reads through the sequence.
@@ -275,7 +288,9 @@ class Engine:
             row = s.blocks[:width]
             tables[i, : len(row)] = torch.tensor(row)
         inp = DecodeInput(
-            torch.tensor([s.output_ids[-1] for s in batch]), torch.tensor(positions), tables,
+            torch.tensor([s.output_ids[-1] for s in batch]),
+            torch.tensor(positions),
+            tables,
             torch.tensor([s.slot for s in batch]),
         )
         logits = self.model.decode(self.cache, inp)
@@ -346,7 +361,9 @@ class Engine:
             raise WireError(f"transfer start {manifest.start_tokens} is not block-aligned")
         prefix = [self.cache.blocks.lookup(h) for h in hashes[:keep]]
         if any(b is None for b in prefix):
-            raise WireError(f"receiver no longer holds the {manifest.start_tokens}-token prefix; resend from 0")
+            raise WireError(
+                f"receiver no longer holds the {manifest.start_tokens}-token prefix; resend from 0"
+            )
         seq = Sequence(manifest.request_id, list(prompt_ids), params, salt)
         need = self._blocks_for(len(prompt_ids) + params.max_new_tokens) - keep
         if need > self.cache.blocks.num_free or not self.cache.num_free_slots:

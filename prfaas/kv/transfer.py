@@ -24,7 +24,13 @@ class StateExporter:
     def __init__(
         self, cache: HybridCache, manifest: KvManifest, block_table: Tensor, slot: int, sink: ChunkSink
     ) -> None:
-        self.cache, self.manifest, self.block_table, self.slot, self.sink = cache, manifest, block_table, slot, sink
+        self.cache, self.manifest, self.block_table, self.slot, self.sink = (
+            cache,
+            manifest,
+            block_table,
+            slot,
+            sink,
+        )
         plan = manifest.plan(cache.spec)
         self._pending: dict[int, list[tuple[int, ChunkKey]]] = {}
         for seq, key in enumerate(plan):
@@ -78,7 +84,8 @@ class StateImporter:
         m = self.manifest
         if chunk.request_id != m.request_id or chunk.epoch != m.epoch:
             raise WireError(
-                f"chunk for {chunk.request_id}@{chunk.epoch} sent to transfer {m.request_id}@{m.epoch} (stale?)"
+                f"chunk for {chunk.request_id}@{chunk.epoch} sent to transfer "
+                f"{m.request_id}@{m.epoch} (stale?)"
             )
         key = self._pending.get(chunk.seq)
         if key is None:

@@ -4,8 +4,9 @@ A transfer is a manifest plus chunks. The chunk plan is a pure function of the m
 layer of the spec, in layer order, the rows it contributes. Rows are tokens start..end-1 for a
 full-attention layer, cut at absolute multiples of `chunk_tokens` (the sender picks a divisor of its
 prefill chunk, so a piece never waits for a later prefill chunk), and heads (recurrent state) or
-channels (conv tail) for a linear layer, cut into pieces of at most `chunk_bytes`. Both ends derive the same plan, so the receiver
-knows exactly which chunks complete the state and can apply them in any order.
+channels (conv tail) for a linear layer, cut into pieces of at most `chunk_bytes`. Both ends derive
+the same plan, so the receiver knows exactly which chunks complete the state and can apply them in
+any order.
 
 Encoding: `MAGIC | u32 header length | JSON header | raw payload`. The payload is the tensor's
 contiguous bytes (no copy on the way out; `torch.frombuffer` on the way in); the header names the
@@ -20,6 +21,7 @@ import struct
 import warnings
 import zlib
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -93,9 +95,15 @@ class KvChunk:
         """Header bytes and a zero-copy view of the payload (send both, in order)."""
         payload = _bytes_view(self.tensor)
         header = {
-            "v": WIRE_VERSION, "rid": self.request_id, "epoch": self.epoch, "seq": self.seq,
-            "layer": self.key.layer, "kind": self.key.kind, "rows": [self.key.row_start, self.key.row_end],
-            "dtype": str(self.tensor.dtype).removeprefix("torch."), "shape": list(self.tensor.shape),
+            "v": WIRE_VERSION,
+            "rid": self.request_id,
+            "epoch": self.epoch,
+            "seq": self.seq,
+            "layer": self.key.layer,
+            "kind": self.key.kind,
+            "rows": [self.key.row_start, self.key.row_end],
+            "dtype": str(self.tensor.dtype).removeprefix("torch."),
+            "shape": list(self.tensor.shape),
             "crc": zlib.crc32(payload),
         }
         blob = json.dumps(header).encode()
@@ -116,7 +124,9 @@ class KvChunk:
             if h["v"] != WIRE_VERSION:
                 raise WireError(f"KV chunk version {h['v']}, this build speaks {WIRE_VERSION}")
             if zlib.crc32(payload) != h["crc"]:
-                raise WireError(f"KV chunk {h['seq']} of {h['rid']}: checksum mismatch (corrupted in transit)")
+                raise WireError(
+                    f"KV chunk {h['seq']} of {h['rid']}: checksum mismatch (corrupted in transit)"
+                )
             tensor = _tensor_from(payload, h["dtype"], h["shape"])
             key = ChunkKey(int(h["layer"]), str(h["kind"]), int(h["rows"][0]), int(h["rows"][1]))
             return cls(str(h["rid"]), int(h["epoch"]), int(h["seq"]), key, tensor)
@@ -128,7 +138,8 @@ class KvChunk:
 
 def _bytes_view(t: Tensor) -> memoryview:
     flat = t.contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy())
+    array: Any = flat.view(torch.uint8).numpy()
+    return memoryview(array)
 
 
 def _tensor_from(payload: memoryview, dtype_name: str, shape: list[int]) -> Tensor:
@@ -144,7 +155,7 @@ def _tensor_from(payload: memoryview, dtype_name: str, shape: list[int]) -> Tens
 
 def row_bytes(spec: HybridSpec, kind: str) -> int:
     itemsize = torch.empty((), dtype=spec.dtype).element_size()
-    h, k, v = spec.linear_state_shape
+    _, k, v = spec.linear_state_shape
     if kind == FULL_KV:
         return spec.full_token_dim * itemsize
     if kind == RECURRENT:
@@ -152,13 +163,15 @@ def row_bytes(spec: HybridSpec, kind: str) -> int:
     return spec.linear_conv_shape[1] * itemsize
 
 
-def plan_chunks(spec: HybridSpec, start: int, end: int, chunk_bytes: int, chunk_tokens: int) -> list[ChunkKey]:
+def plan_chunks(
+    spec: HybridSpec, start: int, end: int, chunk_bytes: int, chunk_tokens: int
+) -> list[ChunkKey]:
     """The deterministic chunk plan for the state of tokens start..end-1 (linear state at `end`)."""
     if not 0 <= start < end:
         raise WireError(f"bad token range [{start}, {end})")
     if chunk_bytes <= 0 or chunk_tokens <= 0:
         raise WireError("chunk_bytes and chunk_tokens must be positive")
-    keys = []
+    keys: list[ChunkKey] = []
     h, channels = spec.linear_state_shape[0], spec.linear_conv_shape[0]
     cuts = [start, *range((start // chunk_tokens + 1) * chunk_tokens, end, chunk_tokens), end]
     for layer in spec.layers:

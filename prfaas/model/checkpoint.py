@@ -40,7 +40,9 @@ def expected_tensors(cfg: ModelConfig) -> dict[str, Shape]:
         out[p + "input_layernorm.weight"] = (h,)
         out[p + "post_attention_layernorm.weight"] = (h,)
         attn = _mla_tensors(cfg) if cfg.layer_types[i] == FULL else _kda_tensors(cfg)
-        ffn = _moe_tensors(cfg) if cfg.mlp_layer_types[i] == SPARSE else _mlp_tensors(h, cfg.intermediate_size)
+        ffn = (
+            _moe_tensors(cfg) if cfg.mlp_layer_types[i] == SPARSE else _mlp_tensors(h, cfg.intermediate_size)
+        )
         out.update({p + "self_attn." + k: s for k, s in attn.items()})
         out.update({p + "block_sparse_moe." + k: s for k, s in ffn.items()})
     return out
@@ -50,12 +52,21 @@ def _kda_tensors(cfg: ModelConfig) -> dict[str, Shape]:
     h, d, hidden, w = cfg.linear_num_heads, cfg.linear_head_dim, cfg.hidden_size, cfg.linear_conv_kernel_dim
     dim = h * d
     return {
-        "q_proj.weight": (dim, hidden), "k_proj.weight": (dim, hidden), "v_proj.weight": (dim, hidden),
-        "q_conv1d.weight": (dim, 1, w), "k_conv1d.weight": (dim, 1, w), "v_conv1d.weight": (dim, 1, w),
-        "A_log": (1, 1, h, 1), "dt_bias": (dim,),
-        "f_a_proj.weight": (d, hidden), "f_b_proj.weight": (dim, d), "b_proj.weight": (h, hidden),
-        "g_a_proj.weight": (d, hidden), "g_b_proj.weight": (dim, d),
-        "o_norm.weight": (d,), "o_proj.weight": (hidden, dim),
+        "q_proj.weight": (dim, hidden),
+        "k_proj.weight": (dim, hidden),
+        "v_proj.weight": (dim, hidden),
+        "q_conv1d.weight": (dim, 1, w),
+        "k_conv1d.weight": (dim, 1, w),
+        "v_conv1d.weight": (dim, 1, w),
+        "A_log": (1, 1, h, 1),
+        "dt_bias": (dim,),
+        "f_a_proj.weight": (d, hidden),
+        "f_b_proj.weight": (dim, d),
+        "b_proj.weight": (h, hidden),
+        "g_a_proj.weight": (d, hidden),
+        "g_b_proj.weight": (dim, d),
+        "o_norm.weight": (d,),
+        "o_proj.weight": (hidden, dim),
     }
 
 
@@ -77,7 +88,11 @@ def _mla_tensors(cfg: ModelConfig) -> dict[str, Shape]:
 
 
 def _mlp_tensors(hidden: int, inter: int) -> dict[str, Shape]:
-    return {"gate_proj.weight": (inter, hidden), "up_proj.weight": (inter, hidden), "down_proj.weight": (hidden, inter)}
+    return {
+        "gate_proj.weight": (inter, hidden),
+        "up_proj.weight": (inter, hidden),
+        "down_proj.weight": (hidden, inter),
+    }
 
 
 def _moe_tensors(cfg: ModelConfig) -> dict[str, Shape]:
@@ -172,7 +187,10 @@ def _more(items: list[str]) -> str:
 def build_model(cfg: ModelConfig, tensors: dict[str, Tensor], dtype: torch.dtype) -> KimiLinearModel:
     """Map checkpoint tensors onto a `KimiLinearModel` and return it in eval mode."""
     model = KimiLinearModel(cfg).to(dtype)
-    state = {"embed_tokens.weight": tensors["model.embed_tokens.weight"], "norm.weight": tensors["model.norm.weight"]}
+    state = {
+        "embed_tokens.weight": tensors["model.embed_tokens.weight"],
+        "norm.weight": tensors["model.norm.weight"],
+    }
     state["lm_head.weight"] = tensors.get("lm_head.weight", tensors["model.embed_tokens.weight"])
     for i in range(cfg.num_hidden_layers):
         state.update(_layer_state(cfg, tensors, i))
@@ -183,7 +201,10 @@ def build_model(cfg: ModelConfig, tensors: dict[str, Tensor], dtype: torch.dtype
 def _layer_state(cfg: ModelConfig, t: dict[str, Tensor], i: int) -> dict[str, Tensor]:
     src, dst = f"model.layers.{i}.", f"layers.{i}."
     out = {dst + n: t[src + n] for n in ("input_layernorm.weight", "post_attention_layernorm.weight")}
-    attn = {k: t[src + "self_attn." + k] for k in (_mla_tensors(cfg) if cfg.layer_types[i] == FULL else _kda_tensors(cfg))}
+    attn = {
+        k: t[src + "self_attn." + k]
+        for k in (_mla_tensors(cfg) if cfg.layer_types[i] == FULL else _kda_tensors(cfg))
+    }
     if cfg.layer_types[i] != FULL:
         convs = [attn.pop(f"{x}_conv1d.weight").squeeze(1) for x in "qkv"]
         attn["conv_weight"] = torch.cat(convs, dim=0)

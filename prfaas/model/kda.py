@@ -79,8 +79,14 @@ class KdaAttention(nn.Module):
         q, k, v = self._split_qkv(conv_out)
         g, beta = self._gates(x)
         o, final, states = chunk_kda(
-            q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), g.unsqueeze(0), beta.unsqueeze(0),
-            initial_state=rec.unsqueeze(0), chunk_size=chunk_size, return_chunk_states=want_chunk_states,
+            q.unsqueeze(0),
+            k.unsqueeze(0),
+            v.unsqueeze(0),
+            g.unsqueeze(0),
+            beta.unsqueeze(0),
+            initial_state=rec.unsqueeze(0),
+            chunk_size=chunk_size,
+            return_chunk_states=want_chunk_states,
         )
         rec.copy_(final[0])
         conv.copy_(conv_in[t:].t())

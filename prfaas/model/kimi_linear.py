@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -58,8 +59,8 @@ class DecoderLayer(nn.Module):
         self.attn: KdaAttention | MlaAttention = (
             MlaAttention(cfg) if cfg.layer_types[index] == FULL else KdaAttention(cfg)
         )
-        self.mlp: MLP | MoE = MoE(cfg) if cfg.mlp_layer_types[index] == SPARSE else MLP(
-            cfg.hidden_size, cfg.intermediate_size
+        self.mlp: MLP | MoE = (
+            MoE(cfg) if cfg.mlp_layer_types[index] == SPARSE else MLP(cfg.hidden_size, cfg.intermediate_size)
         )
 
     def ffn(self, x: Tensor) -> Tensor:
@@ -76,6 +77,10 @@ class KimiLinearModel(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
     @property
+    def decoder_layers(self) -> list[DecoderLayer]:
+        return cast(list[DecoderLayer], list(self.layers))
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.embed_tokens.weight.dtype
 
@@ -85,7 +90,7 @@ class KimiLinearModel(nn.Module):
         end = inp.start + inp.token_ids.shape[0]
         x = self.embed_tokens(inp.token_ids)  # [T, hidden]
         linear_chunks: list[tuple[Tensor, Tensor]] = []
-        for spec, layer in zip(cache.spec.layers, self.layers, strict=True):
+        for spec, layer in zip(cache.spec.layers, self.decoder_layers, strict=True):
             h = layer.input_layernorm(x)
             if isinstance(layer.attn, MlaAttention):
                 cache.write_full(spec.slot, inp.block_table, inp.start, layer.attn.latents(h))
@@ -107,11 +112,14 @@ class KimiLinearModel(nn.Module):
     def decode(self, cache: HybridCache, inp: DecodeInput) -> Tensor:
         """Returns logits [B, vocab] for the next token of every sequence."""
         bs = cache.spec.block_size
-        flat = inp.block_tables.gather(1, (inp.positions // bs).unsqueeze(1)).squeeze(1) * bs + inp.positions % bs
+        flat = (
+            inp.block_tables.gather(1, (inp.positions // bs).unsqueeze(1)).squeeze(1) * bs
+            + inp.positions % bs
+        )
         span = inp.block_tables.shape[1] * bs
         valid = torch.arange(span).unsqueeze(0) <= inp.positions.unsqueeze(1)  # [B, span]
         x = self.embed_tokens(inp.token_ids)  # [B, hidden]
-        for spec, layer in zip(cache.spec.layers, self.layers, strict=True):
+        for spec, layer in zip(cache.spec.layers, self.decoder_layers, strict=True):
             h = layer.input_layernorm(x)
             if isinstance(layer.attn, MlaAttention):
                 cache.write_full_batch(spec.slot, flat, layer.attn.latents(h))

@@ -17,7 +17,9 @@ pytest.importorskip("transformers", reason="transformers is the test oracle (pip
 RTOL = 1e-4
 
 
-def our_logits(model: KimiLinearModel, ids: list[int], prompt_len: int, block: int, chunk: int) -> torch.Tensor:
+def our_logits(
+    model: KimiLinearModel, ids: list[int], prompt_len: int, block: int, chunk: int
+) -> torch.Tensor:
     """Logits at positions prompt_len-1 .. len(ids)-1: chunked prefill of the prompt, then decode steps."""
     spec = HybridSpec.from_config(model.config, block)
     cache = HybridCache(spec, num_blocks=64, max_seqs=2, snapshot_bytes=0)
@@ -30,7 +32,9 @@ def our_logits(model: KimiLinearModel, ids: list[int], prompt_len: int, block: i
     assert out is not None
     rows = [out.last_logits]
     for pos in range(prompt_len, len(ids)):
-        inp = DecodeInput(torch.tensor([ids[pos]]), torch.tensor([pos]), table.unsqueeze(0), torch.tensor([slot]))
+        inp = DecodeInput(
+            torch.tensor([ids[pos]]), torch.tensor([pos]), table.unsqueeze(0), torch.tensor([slot])
+        )
         rows.append(model.decode(cache, inp)[0])
     return torch.stack(rows)
 
@@ -40,7 +44,9 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.fixture(scope="module", params=sorted(HF_CONFIGS))
-def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[object, KimiLinearModel]:
+def pair(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[object, KimiLinearModel]:
     from transformers import KimiLinearForCausalLM
 
     folder = save_hf_model(request.param, tmp_path_factory.mktemp("hf"))
@@ -50,9 +56,20 @@ def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.mark.parametrize(
     ("prompt_len", "block", "chunk"),
-    [(1, 16, 16), (15, 16, 16), (16, 16, 16), (17, 16, 16), (63, 16, 32), (64, 64, 64), (65, 64, 64), (130, 32, 64)],
+    [
+        (1, 16, 16),
+        (15, 16, 16),
+        (16, 16, 16),
+        (17, 16, 16),
+        (63, 16, 32),
+        (64, 64, 64),
+        (65, 64, 64),
+        (130, 32, 64),
+    ],
 )
-def test_logits_match_transformers(pair: tuple[object, KimiLinearModel], prompt_len: int, block: int, chunk: int) -> None:
+def test_logits_match_transformers(
+    pair: tuple[object, KimiLinearModel], prompt_len: int, block: int, chunk: int
+) -> None:
     hf, ours = pair
     gen = torch.Generator().manual_seed(prompt_len)
     ids = torch.randint(3, ours.config.vocab_size, (prompt_len + 5,), generator=gen).tolist()

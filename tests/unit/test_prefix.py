@@ -20,9 +20,7 @@ def test_salt_separates_namespaces() -> None:
 
 def _hit(present: set[int], snaps: set[int], prompt_len: int, n: int = 6) -> int:
     hashes = [bytes([i]) for i in range(n)]
-    match = longest_hybrid_prefix(
-        hashes, prompt_len, 4, lambda h: h[0] in present, lambda h: h[0] in snaps
-    )
+    match = longest_hybrid_prefix(hashes, prompt_len, 4, lambda h: h[0] in present, lambda h: h[0] in snaps)
     return match.num_tokens
 
 

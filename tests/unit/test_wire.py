@@ -43,8 +43,12 @@ def test_plan_cuts_rows_by_size_limit() -> None:
     full3 = [k for k in plan if k.layer == 3]
     assert full3 == [ChunkKey(3, FULL_KV, 16, 32), ChunkKey(3, FULL_KV, 32, 60)]  # cut at multiples of 32
     rec0 = [k for k in plan if k.layer == 0 and k.kind == RECURRENT]
-    assert rec0 == [ChunkKey(0, RECURRENT, 0, 1), ChunkKey(0, RECURRENT, 1, 2), ChunkKey(0, RECURRENT, 2, 3),
-                    ChunkKey(0, RECURRENT, 3, 4)]  # one 16 KiB head per chunk
+    assert rec0 == [
+        ChunkKey(0, RECURRENT, 0, 1),
+        ChunkKey(0, RECURRENT, 1, 2),
+        ChunkKey(0, RECURRENT, 2, 3),
+        ChunkKey(0, RECURRENT, 3, 4),
+    ]  # one 16 KiB head per chunk
     conv0 = [k for k in plan if k.layer == 0 and k.kind == CONV]
     assert conv0 == [ChunkKey(0, CONV, 0, 768)]  # 768 channels x 3 x 4 B = 9 KiB fits
     assert plan == plan_chunks(s, 16, 60, limit, 32)  # both ends derive the same plan
@@ -86,8 +90,9 @@ def test_full_attention_chunks_leave_while_prefill_continues() -> None:
     """Layer-wise pipelining: after the first prefill chunk, KV rows [0, 32) are already out."""
     engine = Engine(load_checkpoint(ensure_tiny()), EngineConfig(block_size=16, max_prefill_tokens=32))
     sent: list[KvChunk] = []
-    rid = engine.add_request(list(range(100)), SamplingParams(max_new_tokens=2),
-                             export=ExportRequest(sent.append, 0, 0, 1 << 20))
+    rid = engine.add_request(
+        list(range(100)), SamplingParams(max_new_tokens=2), export=ExportRequest(sent.append, 0, 0, 1 << 20)
+    )
     manifest = engine.manifest(rid)
     engine.step()  # tokens [0, 32)
     assert {c.key.kind for c in sent} == {FULL_KV}
