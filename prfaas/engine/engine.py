@@ -25,7 +25,8 @@ from prfaas.kv.spec import HybridSpec
 from prfaas.kv.transfer import ChunkSink, StateExporter, StateImporter
 from prfaas.kv.wire import DEFAULT_CHUNK_BYTES, KvChunk, KvManifest, WireError, pick_chunk_tokens
 from prfaas.model.checkpoint import load_checkpoint
-from prfaas.model.kimi_linear import DecodeInput, KimiLinearModel, PrefillInput
+from prfaas.model.kimi_linear import DecodeInput, PrefillInput
+from prfaas.model.runner import ModelRunner
 from prfaas.model.tiny import resolve_model
 
 
@@ -71,7 +72,7 @@ class GenerationResult:
 
 
 class Engine:
-    def __init__(self, model: KimiLinearModel, config: EngineConfig | None = None) -> None:
+    def __init__(self, model: ModelRunner, config: EngineConfig | None = None) -> None:
         self.model = model
         self.config = config or EngineConfig()
         cfg = self.config
@@ -98,9 +99,7 @@ class Engine:
             raise InvalidRequest("prompt is empty: give at least one token")
         for pos, tok in enumerate(prompt_ids):
             if not 0 <= tok < vocab:
-                raise InvalidRequest(
-                    f"token id {tok} at position {pos} is outside the vocabulary [0, {vocab})"
-                )
+                raise InvalidRequest(f"token id {tok} at position {pos} is outside the vocabulary [0, {vocab})")
         total = len(prompt_ids) + params.max_new_tokens
         if total > self.max_model_len:
             raise InvalidRequest(
@@ -178,8 +177,7 @@ class Engine:
         while self.has_work:
             self.step()
         return [
-            GenerationResult(s.request_id, s.prompt_ids, s.output_ids, s.finish_reason, s.cached_tokens)
-            for s in seqs
+            GenerationResult(s.request_id, s.prompt_ids, s.output_ids, s.finish_reason, s.cached_tokens) for s in seqs
         ]
 
     # -- admission -----------------------------------------------------------------------------------
@@ -361,9 +359,7 @@ class Engine:
             raise WireError(f"transfer start {manifest.start_tokens} is not block-aligned")
         prefix = [self.cache.blocks.lookup(h) for h in hashes[:keep]]
         if any(b is None for b in prefix):
-            raise WireError(
-                f"receiver no longer holds the {manifest.start_tokens}-token prefix; resend from 0"
-            )
+            raise WireError(f"receiver no longer holds the {manifest.start_tokens}-token prefix; resend from 0")
         seq = Sequence(manifest.request_id, list(prompt_ids), params, salt)
         need = self._blocks_for(len(prompt_ids) + params.max_new_tokens) - keep
         if need > self.cache.blocks.num_free or not self.cache.num_free_slots:

@@ -1,0 +1,158 @@
+"""The asyncio shell around the synchronous `Engine`.
+
+The engine runs on its own thread: forward passes never run on the event loop. Between steps the
+thread executes commands submitted from the loop (admit, abort, import a chunk, ...) in order, so
+the engine is only ever touched by one thread. Token events go back to the loop into per-request
+queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import torch
+
+from prfaas.engine.engine import Engine
+from prfaas.engine.sequence import TokenEvent
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_STOP = object()
+
+
+class EngineStopped(RuntimeError):
+    """The engine thread is not running (shut down, or crashed)."""
+
+
+class AsyncEngine:
+    def __init__(self, engine: Engine, name: str = "engine", threads: int | None = None) -> None:
+        self.engine = engine
+        self.name = name
+        self.threads = threads
+        self._commands: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._streams: dict[str, asyncio.Queue[TokenEvent]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._commands.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- commands ------------------------------------------------------------------------------------
+    async def call(self, fn: Callable[[Engine], T]) -> T:
+        """Run `fn(engine)` on the engine thread between steps and return its result."""
+        if not self.running:
+            raise EngineStopped(f"{self.name} is not running" + (f": {self._error}" if self._error else ""))
+        assert self._loop is not None
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._commands.put((fn, future))
+        return await future
+
+    def open_stream(self, request_id: str) -> asyncio.Queue[TokenEvent]:
+        """Token events of `request_id` will arrive on the returned queue (open it before starting)."""
+        q: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        self._streams[request_id] = q
+        return q
+
+    def close_stream(self, request_id: str) -> None:
+        self._streams.pop(request_id, None)
+
+    async def events(self, request_id: str, q: asyncio.Queue[TokenEvent]) -> AsyncIterator[TokenEvent]:
+        """Yield events until the request finishes; aborts it in the engine if the consumer goes away."""
+        finished = False
+        try:
+            while not finished:
+                ev = await q.get()
+                finished = ev.finish_reason is not None
+                yield ev
+        finally:
+            self.close_stream(request_id)
+            if not finished and self.running:
+                await self.call(lambda e: e.abort(request_id))
+
+    # -- the engine thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            while self._drain(block=not self.engine.has_work):
+                if self.engine.has_work:
+                    self._dispatch(self.engine.step())
+        except BaseException as exc:  # the loop must learn that the engine died
+            log.exception("%s crashed", self.name)
+            self._error = exc
+            self._fail_pending(exc)
+
+    def _drain(self, block: bool) -> bool:
+        """Run queued commands; False once asked to stop."""
+        while True:
+            try:
+                item = self._commands.get(block=block)
+            except queue.Empty:
+                return True
+            if item is _STOP:
+                return False
+            self._execute(*item)
+            block = False
+
+    def _execute(self, fn: Callable[[Engine], Any], future: asyncio.Future[Any]) -> None:
+        assert self._loop is not None
+        try:
+            result = fn(self.engine)
+        except Exception as exc:  # delivered to the caller, the engine keeps running
+            self._loop.call_soon_threadsafe(_set_exception, future, exc)
+        else:
+            self._loop.call_soon_threadsafe(_set_result, future, result)
+
+    def _dispatch(self, events: list[TokenEvent]) -> None:
+        assert self._loop is not None
+        for ev in events:
+            self._loop.call_soon_threadsafe(self._deliver, ev)
+
+    def _deliver(self, ev: TokenEvent) -> None:
+        q = self._streams.get(ev.request_id)
+        if q is not None:
+            q.put_nowait(ev)
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        while True:
+            try:
+                item = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP and self._loop is not None:
+                self._loop.call_soon_threadsafe(_set_exception, item[1], EngineStopped(str(exc)))
+
+    def deliver_from_thread(self, ev: TokenEvent) -> None:
+        """For commands that produce events themselves (e.g. finishing an import)."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._deliver, ev)
+
+
+def _set_result(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

@@ -1,0 +1,49 @@
+"""Building an engine from settings: the real torch model or the profile-driven mock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from prfaas.engine.engine import Engine, EngineConfig
+from prfaas.model.tiny import TINY_NAME
+
+ENGINE_KINDS = ("real", "mock")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    model: str = TINY_NAME
+    engine: str = "real"
+    block_size: int = 64
+    num_blocks: int = 2048
+    max_seqs: int = 32
+    max_prefill_tokens: int = 2048
+    threads: int = 1
+    mock_role: str = "pd"  # which paper profile the mock follows: "prfaas" (H200) or "pd" (H20)
+    time_scale: float = 0.01
+    bytes_scale: float = 0.001
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINE_KINDS:
+            raise ValueError(f"engine must be one of {ENGINE_KINDS}, got {self.engine!r}")
+        if self.threads < 1:
+            raise ValueError("threads must be >= 1")
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            block_size=self.block_size,
+            num_blocks=self.num_blocks,
+            max_seqs=self.max_seqs,
+            max_prefill_tokens=self.max_prefill_tokens,
+        )
+
+
+def build_engine(s: EngineSettings) -> Engine:
+    torch.set_num_threads(s.threads)
+    if s.engine == "mock":
+        from prfaas.model.mock import MockModel, paper_mock
+
+        return Engine(MockModel.from_settings(paper_mock(s.mock_role, s.time_scale, s.bytes_scale)), s.engine_config())
+    return Engine.from_pretrained(s.model, s.engine_config())

@@ -1,0 +1,82 @@
+"""Building and running a grpc.aio server the same way for every service.
+
+Every server serves `grpc.health.v1` and server reflection next to its own services, binds to a
+host:port (port 0 picks a free one), and stops gracefully: health turns NOT_SERVING, in-flight RPCs
+get a grace period, then the server stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+MAX_MESSAGE_BYTES = 64 << 20
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+Registrar = Callable[[grpc.aio.Server], None]
+
+
+@dataclass(slots=True)
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set("", status)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self.set_serving(False)
+        await self.server.stop(grace_s)
+
+
+async def start_server(
+    host: str, port: int, registrars: Sequence[Registrar], service_names: Sequence[str]
+) -> RunningServer:
+    """Create, register, bind and start a server; return it with its bound port."""
+    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    for register in registrars:
+        register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(names, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"could not bind {host}:{port}")
+    await server.start()
+    running = RunningServer(server, bound, health_servicer)
+    await running.set_serving(True)
+    return running
+
+
+async def serve_until_signal(
+    start: Callable[[], Awaitable[tuple[RunningServer, Callable[[], Awaitable[None]]]]], name: str
+) -> None:
+    """Start a service, print where it listens, and shut it down gracefully on SIGTERM/SIGINT."""
+    running, cleanup = await start()
+    print(f"{name} listening on port {running.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("%s draining", name)
+    await running.stop()
+    await cleanup()
+
+
+def channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)

@@ -1,0 +1,169 @@
+"""Decode worker: registers requests (`Decode`), receives their state (`TransferKv`), decodes them in
+the shared continuous batch and streams tokens back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from prfaas.engine.async_engine import AsyncEngine
+from prfaas.engine.engine import Engine, InvalidRequest
+from prfaas.engine.factory import build_engine
+from prfaas.engine.sequence import TokenEvent
+from prfaas.kv.wire import KvChunk, KvManifest, WireError
+from prfaas.service.convert import finish_reason_pb, sampling_from_pb, tenant_salt
+from prfaas.service.grpc_server import RunningServer, start_server
+from prfaas.service.status import abort
+from prfaas.v1 import decode_pb2, decode_pb2_grpc
+from services.decode.settings import DecodeSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False, slots=True)
+class Pending:
+    """A registered request waiting for (or receiving) its state."""
+
+    request: decode_pb2.DecodeRequest
+    events: asyncio.Queue[TokenEvent]
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    kv_bytes: int = 0
+
+
+class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
+    def __init__(self, engine: AsyncEngine, settings: DecodeSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.pending: dict[str, Pending] = {}
+        self._registered = asyncio.Condition()
+
+    async def Decode(
+        self, request: decode_pb2.DecodeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[decode_pb2.DecodeResponse]:
+        rid = request.request_id
+        if not rid or rid in self.pending:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"request id {rid!r} is empty or already in use")
+        params = sampling_from_pb(request.sampling)
+        try:
+            await self.engine.call(lambda e: e.validate(list(request.token_ids), params))
+        except (InvalidRequest, ValueError) as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        pending = Pending(request, self.engine.open_stream(rid))
+        async with self._registered:
+            self.pending[rid] = pending
+            self._registered.notify_all()
+        try:
+            async for ev in self.engine.events(rid, pending.events):
+                yield decode_pb2.DecodeResponse(
+                    token_ids=[ev.token_id],
+                    finish_reason=finish_reason_pb(ev.finish_reason),
+                    kv_bytes=pending.kv_bytes if ev.index == 0 else 0,
+                )
+        finally:
+            self.pending.pop(rid, None)
+
+    async def _wait_registered(self, rid: str) -> Pending | None:
+        async with self._registered:
+            ok = await _wait_for(self._registered, lambda: rid in self.pending, self.settings.register_timeout_s)
+        return self.pending.get(rid) if ok else None
+
+    async def TransferKv(
+        self, request_iterator: AsyncIterator[decode_pb2.TransferKvRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[decode_pb2.TransferKvResponse]:
+        first = await anext(request_iterator, None)
+        if first is None or first.WhichOneof("msg") != "open":
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "a transfer must start with an open message")
+        opened = first.open
+        fingerprint = self.engine.engine.spec.fingerprint()
+        if opened.fingerprint != fingerprint:
+            await abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"model fingerprint mismatch: sender {opened.fingerprint}, receiver {fingerprint}",
+            )
+        pending = await self._wait_registered(opened.request_id)
+        if pending is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no Decode registration for {opened.request_id!r}")
+        rid, req = opened.request_id, pending.request
+        salt = tenant_salt(req.tenant_id)
+        start = await self.engine.call(lambda e: e.match_prefix(list(req.token_ids), salt).num_tokens)
+        yield decode_pb2.TransferKvResponse(
+            accept=decode_pb2.TransferAccept(start_tokens=start, credit_bytes=self.settings.credit_window_bytes)
+        )
+        try:
+            async for msg in self._ingest(request_iterator, pending, start, salt):
+                yield msg
+        except (WireError, InvalidRequest) as exc:
+            await self.engine.call(lambda e: e.abort(rid))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"transfer of {rid}: {exc}")
+
+    async def _ingest(
+        self, requests: AsyncIterator[decode_pb2.TransferKvRequest], pending: Pending, start: int, salt: bytes
+    ) -> AsyncIterator[decode_pb2.TransferKvResponse]:
+        req, rid = pending.request, pending.request.request_id
+        params = sampling_from_pb(req.sampling)
+        async for msg in requests:
+            kind = msg.WhichOneof("msg")
+            if kind == "manifest":
+                manifest = KvManifest.decode(msg.manifest)
+                if manifest.request_id != rid or manifest.start_tokens != start:
+                    raise WireError(
+                        f"manifest for {manifest.request_id}@{manifest.start_tokens}, expected {rid}@{start}"
+                    )
+                await self.engine.call(lambda e: e.begin_import(manifest, list(req.token_ids), params, salt))  # noqa: B023
+            elif kind == "chunk":
+                data = msg.chunk
+                await self.engine.call(lambda e: e.apply_chunk(KvChunk.decode(data)))  # noqa: B023 (awaited at once)
+                pending.kv_bytes += len(data)
+                yield decode_pb2.TransferKvResponse(credit_bytes=len(data))
+            elif kind == "commit":
+                token = msg.commit.first_token_id
+                ev = await self.engine.call(lambda e: e.finish_import(rid, token))  # noqa: B023
+                pending.events.put_nowait(ev)
+                yield decode_pb2.TransferKvResponse(done=decode_pb2.TransferDone(kv_bytes=pending.kv_bytes))
+                return
+            else:
+                raise WireError(f"unexpected {kind} message in transfer")
+        raise WireError("sender closed the transfer before commit")
+
+    async def MatchPrefix(
+        self, request: decode_pb2.MatchPrefixRequest, context: grpc.aio.ServicerContext
+    ) -> decode_pb2.MatchPrefixResponse:
+        salt = tenant_salt(request.tenant_id)
+        hit = await self.engine.call(lambda e: e.match_prefix(list(request.token_ids), salt))
+        return decode_pb2.MatchPrefixResponse(cached_tokens=hit.num_tokens)
+
+    async def GetDecodeLoad(
+        self, request: decode_pb2.GetDecodeLoadRequest, context: grpc.aio.ServicerContext
+    ) -> decode_pb2.GetDecodeLoadResponse:
+        return decode_pb2.GetDecodeLoadResponse(
+            active=len(self.pending), free_blocks=self.engine.engine.cache.blocks.num_free
+        )
+
+
+async def _wait_for(cond: asyncio.Condition, predicate: Callable[[], bool], timeout_s: float) -> bool:
+    try:
+        await asyncio.wait_for(cond.wait_for(predicate), timeout_s)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def build_server(
+    settings: DecodeSettings, engine: Engine | None = None
+) -> tuple[RunningServer, Callable[[], Awaitable[None]]]:
+    """Start a decode worker; returns the server and a cleanup coroutine (stops the engine)."""
+    runner = AsyncEngine(engine or build_engine(settings), "decode-engine", settings.threads)
+    runner.start()
+    servicer = DecodeServicer(runner, settings)
+    running = await start_server(
+        settings.host,
+        settings.port,
+        [lambda s: decode_pb2_grpc.add_DecodeServiceServicer_to_server(servicer, s)],
+        [decode_pb2.DESCRIPTOR.services_by_name["DecodeService"].full_name],
+    )
+    return running, runner.stop

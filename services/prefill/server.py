@@ -1,0 +1,144 @@
+"""Prefill worker: prefills a prompt (reusing its cached prefix) and streams the state, layer by
+layer while later layers compute, to the decode worker the router chose."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from prfaas.engine.async_engine import AsyncEngine
+from prfaas.engine.engine import Engine, ExportRequest, InvalidRequest
+from prfaas.engine.factory import build_engine
+from prfaas.engine.sampling import SamplingParams
+from prfaas.kv.wire import KvChunk, KvManifest
+from prfaas.service.convert import check_request_id, check_tenant, sampling_from_pb, tenant_salt
+from prfaas.service.grpc_server import RunningServer, channel, start_server
+from prfaas.service.status import abort
+from prfaas.transfer.sender import PreparedExport, TransferError, send_state
+from prfaas.v1 import decode_pb2_grpc, prefill_pb2, prefill_pb2_grpc
+from services.prefill.settings import PrefillSettings
+
+log = logging.getLogger(__name__)
+
+
+class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
+    def __init__(self, engine: AsyncEngine, settings: PrefillSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._queued_tokens = 0
+        self._active = 0
+
+    def _decode_stub(self, address: str) -> decode_pb2_grpc.DecodeServiceStub:
+        if address not in self._channels:
+            self._channels[address] = channel(address)
+        return decode_pb2_grpc.DecodeServiceStub(self._channels[address])
+
+    async def close(self) -> None:
+        for ch in self._channels.values():
+            await ch.close()
+
+    async def Prefill(
+        self, request: prefill_pb2.PrefillRequest, context: grpc.aio.ServicerContext
+    ) -> prefill_pb2.PrefillResponse:
+        ids = list(request.token_ids)
+        try:
+            check_request_id(request.request_id)
+            check_tenant(request.tenant_id)
+            params = sampling_from_pb(request.sampling)
+            await self.engine.call(lambda e: e.validate(ids, params))
+        except (InvalidRequest, ValueError) as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if not request.decode_address:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "decode_address is required")
+        self._active += 1
+        self._queued_tokens += len(ids)
+        try:
+            return await self._prefill(request, ids, params)
+        except TransferError as exc:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, f"KV transfer to {request.decode_address} failed: {exc}")
+        except InvalidRequest as exc:
+            await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        finally:
+            self._active -= 1
+            self._queued_tokens -= len(ids)
+
+    async def _prefill(
+        self, request: prefill_pb2.PrefillRequest, ids: list[int], params: SamplingParams
+    ) -> prefill_pb2.PrefillResponse:
+        rid, epoch, salt = request.request_id, request.epoch, tenant_salt(request.tenant_id)
+        timing: dict[str, float] = {"arrival": time.perf_counter()}
+        events = self.engine.open_stream(rid)
+        loop = asyncio.get_running_loop()
+
+        async def prepare(start_tokens: int) -> PreparedExport:
+            chunks: asyncio.Queue[KvChunk] = asyncio.Queue()
+
+            def sink(chunk: KvChunk) -> None:  # runs on the engine thread
+                loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+
+            export = ExportRequest(
+                sink,
+                start_tokens,
+                epoch,
+                self.settings.chunk_bytes,
+            )
+
+            def admit(e: Engine) -> KvManifest:
+                e.add_request(ids, params, rid, salt, export)
+                return e.manifest(rid)
+
+            manifest = await self.engine.call(admit)
+            return PreparedExport(manifest, chunks, first_token())
+
+        async def first_token() -> int:
+            async for ev in self.engine.events(rid, events):
+                timing.setdefault("first", time.perf_counter())
+                if ev.finish_reason is not None:
+                    return ev.token_id
+            raise TransferError("prefill ended without a token")
+
+        stub = self._decode_stub(request.decode_address)
+        stats = await send_state(
+            stub, rid, epoch, self.engine.engine.spec.fingerprint(), prepare, self.settings.transfer_timeout_s
+        )
+        cached = await self.engine.call(lambda e: e.match_prefix(ids, salt).num_tokens)
+        return prefill_pb2.PrefillResponse(
+            first_token_id=stats.first_token_id,
+            cached_tokens=min(cached, len(ids) - 1),
+            receiver_cached_tokens=stats.receiver_cached_tokens,
+            kv_bytes=stats.kv_bytes,
+            num_chunks=stats.num_chunks,
+            transfer_s=stats.transfer_s,
+            prefill_s=timing.get("first", timing["arrival"]) - timing["arrival"],
+        )
+
+    async def GetLoad(
+        self, request: prefill_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
+    ) -> prefill_pb2.GetLoadResponse:
+        return prefill_pb2.GetLoadResponse(queue_depth=self._active, queued_tokens=self._queued_tokens)
+
+
+async def build_server(
+    settings: PrefillSettings, engine: Engine | None = None
+) -> tuple[RunningServer, Callable[[], Awaitable[None]]]:
+    """Start a prefill worker; returns the server and a cleanup coroutine."""
+    runner = AsyncEngine(engine or build_engine(settings), "prefill-engine", settings.threads)
+    runner.start()
+    servicer = PrefillServicer(runner, settings)
+    running = await start_server(
+        settings.host,
+        settings.port,
+        [lambda s: prefill_pb2_grpc.add_PrefillServiceServicer_to_server(servicer, s)],
+        [prefill_pb2.DESCRIPTOR.services_by_name["PrefillService"].full_name],
+    )
+
+    async def cleanup() -> None:
+        await servicer.close()
+        await runner.stop()
+
+    return running, cleanup

@@ -1,0 +1,24 @@
+"""Prefill worker settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prfaas.engine.factory import EngineSettings
+from prfaas.kv.wire import DEFAULT_CHUNK_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillSettings(EngineSettings):
+    """A prefill worker: prefills prompts and streams their state to decode workers."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    cluster: str = "pd"  # "prfaas" or "pd": which cluster this worker belongs to
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    transfer_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        EngineSettings.__post_init__(self)
+        if self.cluster not in ("prfaas", "pd"):
+            raise ValueError(f"cluster must be 'prfaas' or 'pd', got {self.cluster!r}")

@@ -1,0 +1,281 @@
+"""Router: for each request, ask both clusters what they cache, route by the threshold rule, pick the
+decode worker, start the prefill and stream the decode worker's tokens back to the client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from prfaas.kv.prefix import block_hashes
+from prfaas.model.checkpoint import read_config
+from prfaas.model.config import ModelConfig
+from prfaas.model.tiny import resolve_model
+from prfaas.model.tokenizer import Tokenizer, load_tokenizer
+from prfaas.sched.routing import PRFAAS, RouteDecision, WorkerView, pick_worker, route_by_threshold
+from prfaas.service.convert import check_request_id, check_tenant, sampling_from_pb, tenant_salt
+from prfaas.service.grpc_server import RunningServer, channel, start_server
+from prfaas.service.status import abort
+from prfaas.v1 import (
+    cachepool_pb2,
+    cachepool_pb2_grpc,
+    common_pb2,
+    decode_pb2,
+    decode_pb2_grpc,
+    prefill_pb2,
+    prefill_pb2_grpc,
+    router_pb2,
+    router_pb2_grpc,
+)
+from services.router.settings import RouterSettings, split_addresses
+
+
+class BadRequest(ValueError):
+    """The client's request is invalid; the message says what to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    request_id: str
+    tenant_id: str
+    token_ids: list[int]
+
+
+class Cluster:
+    """gRPC stubs for a set of workers (and an optional pool) of one cluster."""
+
+    def __init__(self, prefill: Sequence[str], pool: str) -> None:
+        self.prefill = {a: prefill_pb2_grpc.PrefillServiceStub(channel(a)) for a in prefill}
+        self.pool = cachepool_pb2_grpc.CachePoolServiceStub(channel(pool)) if pool else None
+
+    async def cached_tokens(self, hashes: list[bytes], prompt: Prompt, block_size: int) -> int:
+        if self.pool is None or not hashes:
+            return 0
+        req = cachepool_pb2.LookupPrefixRequest(
+            tenant_id=prompt.tenant_id, block_hashes=hashes, prompt_tokens=len(prompt.token_ids), block_size=block_size
+        )
+        try:
+            return int((await self.pool.LookupPrefix(req, timeout=2.0)).num_tokens)
+        except grpc.aio.AioRpcError:
+            return 0  # a pool that is down means no cache, not a failed request
+
+    async def pick_prefill(self) -> str:
+        async def load(addr: str) -> WorkerView:
+            resp = await self.prefill[addr].GetLoad(prefill_pb2.GetLoadRequest(), timeout=2.0)
+            return WorkerView(addr, resp.queue_depth)
+
+        views = await _gather_ok([load(a) for a in self.prefill])
+        if not views:
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                "no prefill worker of the cluster answers",
+            )
+        return pick_worker(views, cache_affine=False).address
+
+
+async def _gather_ok(coros: Sequence[Awaitable[WorkerView]]) -> list[WorkerView]:
+    results = await asyncio.gather(*coros, return_exceptions=True)
+    return [r for r in results if isinstance(r, WorkerView)]
+
+
+class RouterServicer(router_pb2_grpc.RouterServiceServicer):
+    def __init__(self, settings: RouterSettings) -> None:
+        self.settings = settings
+        folder = resolve_model(settings.model)
+        self.model: ModelConfig = read_config(folder)
+        self.tokenizer: Tokenizer | None = load_tokenizer(settings.model, folder)
+        self.prfaas = Cluster(split_addresses(settings.prfaas_prefill), settings.prfaas_pool)
+        self.pd = Cluster(split_addresses(settings.pd_prefill), settings.pd_pool)
+        self.decode = {a: decode_pb2_grpc.DecodeServiceStub(channel(a)) for a in split_addresses(settings.decode)}
+
+    def _prompt(self, request: router_pb2.GenerateRequest) -> Prompt:
+        rid = request.request_id or f"req-{uuid.uuid4().hex[:16]}"
+        try:
+            check_request_id(rid)
+            check_tenant(request.tenant_id)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from exc
+        kind = request.WhichOneof("prompt")
+        if kind == "text":
+            if self.tokenizer is None:
+                raise BadRequest(f"model {self.settings.model} has no tokenizer here: send token_ids")
+            ids = self.tokenizer.encode(request.text)
+        elif kind == "token_ids":
+            ids = list(request.token_ids.ids)
+        else:
+            raise BadRequest("prompt is missing: set text or token_ids")
+        self._check_ids(ids, request.sampling.max_new_tokens or 32)
+        return Prompt(rid, request.tenant_id, ids)
+
+    def _check_ids(self, ids: list[int], max_new: int) -> None:
+        if not ids:
+            raise BadRequest("prompt is empty: give at least one token")
+        vocab = self.model.vocab_size
+        bad = next((i for i, t in enumerate(ids) if t >= vocab), None)
+        if bad is not None:
+            raise BadRequest(f"token id {ids[bad]} at position {bad} is outside the vocabulary [0, {vocab})")
+        if len(ids) + max_new > self.model.max_position_embeddings:
+            raise BadRequest(
+                f"prompt of {len(ids)} tokens plus max_new_tokens {max_new} exceeds the model's "
+                f"{self.model.max_position_embeddings}: shorten the prompt or lower max_new_tokens"
+            )
+
+    async def _decide(self, prompt: Prompt) -> tuple[RouteDecision, str]:
+        hashes = block_hashes(prompt.token_ids, self.settings.block_size, tenant_salt(prompt.tenant_id))
+        cached_prfaas, cached_pd, decoders = await asyncio.gather(
+            self.prfaas.cached_tokens(hashes, prompt, self.settings.block_size),
+            self.pd.cached_tokens(hashes, prompt, self.settings.block_size),
+            self._decode_views(prompt),
+        )
+        decoder = pick_worker(decoders, cache_affine=True)
+        cached_pd = max(cached_pd, decoder.cached_tokens)
+        decision = route_by_threshold(
+            len(prompt.token_ids),
+            cached_pd,
+            cached_prfaas,
+            self.settings.threshold_tokens,
+            prfaas_available=bool(self.prfaas.prefill),
+            local_available=bool(self.pd.prefill),
+        )
+        return decision, decoder.address
+
+    async def _decode_views(self, prompt: Prompt) -> list[WorkerView]:
+        async def view(addr: str) -> WorkerView:
+            stub = self.decode[addr]
+            load, match = await asyncio.gather(
+                stub.GetDecodeLoad(decode_pb2.GetDecodeLoadRequest(), timeout=2.0),
+                stub.MatchPrefix(
+                    decode_pb2.MatchPrefixRequest(tenant_id=prompt.tenant_id, token_ids=prompt.token_ids), timeout=2.0
+                ),
+            )
+            return WorkerView(addr, load.active, match.cached_tokens)
+
+        views = await _gather_ok([view(a) for a in self.decode])
+        if not views:
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "no decode worker answers"
+            )
+        return views
+
+    async def Generate(
+        self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[router_pb2.GenerateResponse]:
+        arrival = time.perf_counter()
+        try:
+            prompt = self._prompt(request)
+            sampling_from_pb(request.sampling)
+        except (BadRequest, ValueError) as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        timeout = self._timeout(request, context)
+        try:
+            async for msg in self._serve(prompt, request.sampling, timeout, arrival):
+                yield msg
+        except grpc.aio.AioRpcError as exc:
+            await abort(context, exc.code(), f"{exc.details()}")
+
+    def _timeout(self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext) -> float:
+        limits = [self.settings.request_timeout_s]
+        if request.timeout_ms:
+            limits.append(request.timeout_ms / 1000)
+        remaining = context.time_remaining()
+        if remaining is not None:
+            limits.append(remaining)
+        return max(0.001, min(limits))
+
+    async def _serve(
+        self, prompt: Prompt, sampling: common_pb2.SamplingParams, timeout: float, arrival: float
+    ) -> AsyncIterator[router_pb2.GenerateResponse]:
+        decision, decoder = await self._decide(prompt)
+        cluster = self.prfaas if decision.route == PRFAAS else self.pd
+        prefill_addr = await cluster.pick_prefill()
+        decode_call = self.decode[decoder].Decode(
+            decode_pb2.DecodeRequest(
+                request_id=prompt.request_id, tenant_id=prompt.tenant_id, token_ids=prompt.token_ids, sampling=sampling
+            ),
+            timeout=timeout,
+        )
+        prefill = asyncio.ensure_future(
+            cluster.prefill[prefill_addr].Prefill(
+                prefill_pb2.PrefillRequest(
+                    request_id=prompt.request_id,
+                    tenant_id=prompt.tenant_id,
+                    token_ids=prompt.token_ids,
+                    sampling=sampling,
+                    decode_address=decoder,
+                    epoch=0,
+                ),
+                timeout=timeout,
+            )
+        )
+        try:
+            ids: list[int] = []
+            async for resp in _race(decode_call, prefill):
+                route = None
+                if not ids:
+                    done = await prefill
+                    route = self._route_info(decision, done, prefill_addr, decoder, time.perf_counter() - arrival)
+                text = self._delta(ids, list(resp.token_ids))
+                yield router_pb2.GenerateResponse(
+                    token_ids=resp.token_ids, text=text, finish_reason=resp.finish_reason, route=route
+                )
+        finally:
+            decode_call.cancel()
+            prefill.cancel()
+
+    def _delta(self, ids: list[int], new: list[int]) -> str:
+        if self.tokenizer is None:
+            ids.extend(new)
+            return ""
+        before = self.tokenizer.decode(ids)
+        ids.extend(new)
+        return self.tokenizer.decode(ids)[len(before) :]
+
+    def _route_info(
+        self, d: RouteDecision, done: prefill_pb2.PrefillResponse, prefill_addr: str, decoder: str, ttft_s: float
+    ) -> router_pb2.RouteInfo:
+        return router_pb2.RouteInfo(
+            route=common_pb2.ROUTE_PRFAAS if d.route == PRFAAS else common_pb2.ROUTE_LOCAL,
+            reason=d.reason,
+            cached_tokens=max(done.cached_tokens, done.receiver_cached_tokens),
+            kv_bytes=done.kv_bytes,
+            ttft_s=ttft_s,
+            prompt_tokens=d.prompt_tokens,
+            prefill_worker=prefill_addr,
+            decode_worker=decoder,
+        )
+
+
+async def _race(
+    decode_call: grpc.aio.UnaryStreamCall, prefill: asyncio.Future[prefill_pb2.PrefillResponse]
+) -> AsyncIterator[decode_pb2.DecodeResponse]:
+    """Decode responses, failing fast if the prefill fails before the first token arrives."""
+    it = decode_call.__aiter__()
+    first = asyncio.ensure_future(it.__anext__())
+    await asyncio.wait([first, prefill], return_when=asyncio.FIRST_COMPLETED)
+    if prefill.done() and prefill.exception() is not None and not first.done():
+        first.cancel()
+        raise prefill.exception()  # type: ignore[misc]
+    yield await first
+    async for resp in it:
+        yield resp
+
+
+async def build_server(settings: RouterSettings) -> tuple[RunningServer, Callable[[], Awaitable[None]]]:
+    servicer = RouterServicer(settings)
+    running = await start_server(
+        settings.host,
+        settings.port,
+        [lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, s)],
+        [router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name],
+    )
+
+    async def cleanup() -> None:
+        return None
+
+    return running, cleanup

@@ -1,0 +1,36 @@
+"""Router settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prfaas.model.tiny import TINY_NAME
+
+
+def split_addresses(value: str) -> tuple[str, ...]:
+    return tuple(a.strip() for a in value.split(",") if a.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSettings:
+    """The router: threshold routing between the PrfaaS and the local PD cluster."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    model: str = TINY_NAME  # for the tokenizer and input validation
+    prfaas_prefill: str = ""  # comma-separated host:port of PrfaaS prefill workers
+    pd_prefill: str = ""  # local PD prefill workers
+    decode: str = ""  # local PD decode workers
+    prfaas_pool: str = ""  # host:port of the PrfaaS cluster's cache pool (optional)
+    pd_pool: str = ""  # the PD cluster's cache pool (optional)
+    threshold_tokens: int = 1024  # t: incremental length above which a request goes to PrfaaS
+    block_size: int = 64  # must match the engines
+    request_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not split_addresses(self.decode):
+            raise ValueError("at least one decode worker is required (--decode host:port)")
+        if not split_addresses(self.pd_prefill) and not split_addresses(self.prfaas_prefill):
+            raise ValueError("at least one prefill worker is required (--pd-prefill or --prfaas-prefill)")
+        if self.threshold_tokens < 0:
+            raise ValueError("threshold_tokens must be >= 0")

@@ -1,0 +1,74 @@
+"""The disaggregated request path end to end: router -> pools -> prefill worker -> decode worker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+import torch
+
+from prfaas.engine.engine import Engine, EngineConfig
+from prfaas.engine.sampling import SamplingParams
+from prfaas.v1 import common_pb2, router_pb2
+from tests.integration.stack import collect, local_stack
+
+MAX_NEW = 6
+
+
+def offline(prompts: list[list[int]]) -> list[list[int]]:
+    engine = Engine.from_pretrained("kimi-linear-tiny", EngineConfig(block_size=16, max_prefill_tokens=64))
+    return [r.token_ids for r in engine.generate(prompts, SamplingParams(max_new_tokens=MAX_NEW, ignore_eos=True))]
+
+
+def request(ids: list[int], **kw: object) -> router_pb2.GenerateRequest:
+    sampling = common_pb2.SamplingParams(max_new_tokens=MAX_NEW, ignore_eos=True)
+    return router_pb2.GenerateRequest(token_ids=router_pb2.TokenIds(ids=ids), sampling=sampling, **kw)
+
+
+def prompt(n: int, seed: int) -> list[int]:
+    return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+async def test_both_routes_and_prefix_hit_match_offline() -> None:
+    short, long_ = prompt(20, 1), prompt(100, 2)
+    expected = offline([short, long_])
+    async with local_stack(threshold_tokens=48) as stack:
+        got_short, route_short = await collect(stack.router, request(short))
+        got_long, route_long = await collect(stack.router, request(long_))
+        again, route_again = await collect(stack.router, request(long_))
+    assert got_short == expected[0] and route_short.route == common_pb2.ROUTE_LOCAL
+    assert got_long == expected[1] and route_long.route == common_pb2.ROUTE_PRFAAS
+    assert route_long.kv_bytes > 0 and "> t=48" in route_long.reason
+    assert again == expected[1]
+    assert route_again.cached_tokens >= 64  # the decode worker already holds the prefix
+    assert route_again.kv_bytes < route_long.kv_bytes  # only what it lacks was sent
+
+
+async def test_sixteen_concurrent_requests_match_offline() -> None:
+    prompts = [prompt(10 + 7 * i, 100 + i) for i in range(16)]
+    expected = offline(prompts)
+    async with local_stack(threshold_tokens=48, num_decode=2) as stack:
+        results = await asyncio.gather(*(collect(stack.router, request(p)) for p in prompts))
+    assert [ids for ids, _ in results] == expected
+    assert {r.route for _, r in results} == {common_pb2.ROUTE_LOCAL, common_pb2.ROUTE_PRFAAS}
+
+
+@pytest.mark.parametrize(
+    ("req", "message"),
+    [
+        (request([]), "prompt is empty"),
+        (request([1, 600]), "outside the vocabulary"),
+        (request(list(range(10)) * 7000), "exceeds the model"),
+        (request([1, 2], tenant_id="bad tenant!"), "tenant id"),
+        (router_pb2.GenerateRequest(), "prompt is missing"),
+    ],
+)
+async def test_bad_requests_are_invalid_argument(req: router_pb2.GenerateRequest, message: str) -> None:
+    async with local_stack() as stack:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await collect(stack.router, req)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in (info.value.details() or "")
+        ids, _ = await collect(stack.router, request([1, 2, 3]))  # still serving
+        assert len(ids) == MAX_NEW
