@@ -42,8 +42,7 @@ def prompt_ids(args: argparse.Namespace, tokenizer: Tokenizer | None) -> list[in
         return parse_ids(args.token_ids, "--token-ids")
     if tokenizer is None:
         raise InvalidRequest(
-            f"model {args.model} has no usable tokenizer (tokenizer.json + `pip install tokenizers`); "
-            "use --token-ids"
+            f"model {args.model} has no usable tokenizer (tokenizer.json + `pip install tokenizers`); use --token-ids"
         )
     return tokenizer.encode(args.prompt)
 

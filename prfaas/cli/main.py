@@ -6,17 +6,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from prfaas.cli import bench, generate, plan
+from prfaas.cli import bench, demo, generate, plan, up
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="prfaas", description="Prefill-as-a-Service for hybrid-attention LLMs"
-    )
+    parser = argparse.ArgumentParser(prog="prfaas", description="Prefill-as-a-Service for hybrid-attention LLMs")
     sub = parser.add_subparsers(dest="command", required=True)
     generate.add_parser(sub)
     bench.add_parser(sub)
     plan.add_parser(sub)
+    up.add_parser(sub)
+    demo.add_parser(sub)
     return parser
 
 

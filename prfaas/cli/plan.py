@@ -90,9 +90,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prfaas-instances", type=int, help="override N_prfaas")
     parser.add_argument("--pd-instances", type=int, help="override N_p + N_d")
     parser.add_argument("--output-tokens", type=float, help="override the mean output length L_out")
-    parser.add_argument(
-        "--t-step-tokens", type=int, default=DEFAULT_T_STEP_TOKENS, help="threshold grid step (tokens)"
-    )
+    parser.add_argument("--t-step-tokens", type=int, default=DEFAULT_T_STEP_TOKENS, help="threshold grid step (tokens)")
     parser.add_argument("--plot", type=Path, metavar="DIR", help="write Figure 5 (a) and (b) as PNGs here")
     parser.set_defaults(run=run)
 
@@ -207,8 +205,7 @@ def _table(plan: Plan, homogeneous: OperatingPoint, with_paper: bool, source: st
     header = f"{'':<{width}}{'model':<{value_width}}{'paper' if with_paper else ''}".rstrip()
     lines = [f"PrfaaS-PD plan ({source})", header]
     lines += [
-        f"{label:<{width}}{m:<{value_width}}{p}".rstrip()
-        for label, m, p in zip(LABELS, model, paper, strict=True)
+        f"{label:<{width}}{m:<{value_width}}{p}".rstrip() for label, m, p in zip(LABELS, model, paper, strict=True)
     ]
     return "\n".join(lines)
 

@@ -154,8 +154,21 @@ class Engine:
         return bool(self.waiting or self.prefilling or self.decoding)
 
     def match_prefix(self, prompt_ids: list[int], salt: bytes = b"") -> PrefixMatch:
+        """The hybrid prefix this engine could resume a prompt from (full blocks + a linear snapshot)."""
         hashes = block_hashes(prompt_ids, self.spec.block_size, salt)
         return self._match(hashes, len(prompt_ids))
+
+    def match_transfer_prefix(self, prompt_ids: list[int], salt: bytes = b"") -> PrefixMatch:
+        """The prefix an import can start from: only full-attention blocks are needed, because a
+        transfer always carries the final linear state."""
+        hashes = block_hashes(prompt_ids, self.spec.block_size, salt)
+        return longest_hybrid_prefix(
+            hashes,
+            len(prompt_ids),
+            self.spec.block_size,
+            lambda h: self.cache.blocks.lookup(h) is not None,
+            lambda h: True,
+        )
 
     # -- the loop ------------------------------------------------------------------------------------
     def step(self) -> list[TokenEvent]:

@@ -57,7 +57,4 @@ def _top_p(probs: Tensor, top_p: float) -> Tensor:
 def sample_batch(logits: Tensor, params: list[SamplingParams], indices: list[int]) -> list[int]:
     """One token per row of logits [B, vocab]; greedy rows share one argmax."""
     greedy = logits.argmax(-1).tolist()
-    return [
-        g if p.greedy else sample(row, p, i)
-        for g, p, i, row in zip(greedy, params, indices, logits, strict=True)
-    ]
+    return [g if p.greedy else sample(row, p, i) for g, p, i, row in zip(greedy, params, indices, logits, strict=True)]

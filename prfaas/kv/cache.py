@@ -26,9 +26,7 @@ class HybridCache:
         bs, d = spec.block_size, spec.full_token_dim
         self.full = [torch.zeros(num_blocks, bs, d, dtype=spec.dtype) for _ in spec.full_layers]
         self.recurrent = [torch.zeros(max_seqs, *spec.linear_state_shape) for _ in spec.linear_layers]
-        self.conv = [
-            torch.zeros(max_seqs, *spec.linear_conv_shape, dtype=spec.dtype) for _ in spec.linear_layers
-        ]
+        self.conv = [torch.zeros(max_seqs, *spec.linear_conv_shape, dtype=spec.dtype) for _ in spec.linear_layers]
         self.blocks = BlockPool(num_blocks)
         self.snapshots = SnapshotStore(snapshot_bytes, always_hit=not spec.linear_layers)
         self._free_slots = list(range(max_seqs - 1, -1, -1))
@@ -83,9 +81,7 @@ class HybridCache:
 
     def write_full_batch(self, layer: int, flat_index: Tensor, values: Tensor) -> None:
         """One entry per sequence at precomputed flat positions (block * block_size + offset)."""
-        self.full[layer].view(-1, self.spec.full_token_dim).index_copy_(
-            0, flat_index, values.to(self.spec.dtype)
-        )
+        self.full[layer].view(-1, self.spec.full_token_dim).index_copy_(0, flat_index, values.to(self.spec.dtype))
 
     def gather_full_batch(self, layer: int, block_tables: Tensor) -> Tensor:
         """[B, max_blocks] block tables -> [B, max_blocks * block_size, D] (padding rows are junk)."""

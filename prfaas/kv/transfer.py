@@ -84,8 +84,7 @@ class StateImporter:
         m = self.manifest
         if chunk.request_id != m.request_id or chunk.epoch != m.epoch:
             raise WireError(
-                f"chunk for {chunk.request_id}@{chunk.epoch} sent to transfer "
-                f"{m.request_id}@{m.epoch} (stale?)"
+                f"chunk for {chunk.request_id}@{chunk.epoch} sent to transfer {m.request_id}@{m.epoch} (stale?)"
             )
         key = self._pending.get(chunk.seq)
         if key is None:

@@ -124,9 +124,7 @@ class KvChunk:
             if h["v"] != WIRE_VERSION:
                 raise WireError(f"KV chunk version {h['v']}, this build speaks {WIRE_VERSION}")
             if zlib.crc32(payload) != h["crc"]:
-                raise WireError(
-                    f"KV chunk {h['seq']} of {h['rid']}: checksum mismatch (corrupted in transit)"
-                )
+                raise WireError(f"KV chunk {h['seq']} of {h['rid']}: checksum mismatch (corrupted in transit)")
             tensor = _tensor_from(payload, h["dtype"], h["shape"])
             key = ChunkKey(int(h["layer"]), str(h["kind"]), int(h["rows"][0]), int(h["rows"][1]))
             return cls(str(h["rid"]), int(h["epoch"]), int(h["seq"]), key, tensor)
@@ -163,9 +161,7 @@ def row_bytes(spec: HybridSpec, kind: str) -> int:
     return spec.linear_conv_shape[1] * itemsize
 
 
-def plan_chunks(
-    spec: HybridSpec, start: int, end: int, chunk_bytes: int, chunk_tokens: int
-) -> list[ChunkKey]:
+def plan_chunks(spec: HybridSpec, start: int, end: int, chunk_bytes: int, chunk_tokens: int) -> list[ChunkKey]:
     """The deterministic chunk plan for the state of tokens start..end-1 (linear state at `end`)."""
     if not 0 <= start < end:
         raise WireError(f"bad token range [{start}, {end})")

@@ -40,9 +40,7 @@ def expected_tensors(cfg: ModelConfig) -> dict[str, Shape]:
         out[p + "input_layernorm.weight"] = (h,)
         out[p + "post_attention_layernorm.weight"] = (h,)
         attn = _mla_tensors(cfg) if cfg.layer_types[i] == FULL else _kda_tensors(cfg)
-        ffn = (
-            _moe_tensors(cfg) if cfg.mlp_layer_types[i] == SPARSE else _mlp_tensors(h, cfg.intermediate_size)
-        )
+        ffn = _moe_tensors(cfg) if cfg.mlp_layer_types[i] == SPARSE else _mlp_tensors(h, cfg.intermediate_size)
         out.update({p + "self_attn." + k: s for k, s in attn.items()})
         out.update({p + "block_sparse_moe." + k: s for k, s in ffn.items()})
     return out
@@ -202,8 +200,7 @@ def _layer_state(cfg: ModelConfig, t: dict[str, Tensor], i: int) -> dict[str, Te
     src, dst = f"model.layers.{i}.", f"layers.{i}."
     out = {dst + n: t[src + n] for n in ("input_layernorm.weight", "post_attention_layernorm.weight")}
     attn = {
-        k: t[src + "self_attn." + k]
-        for k in (_mla_tensors(cfg) if cfg.layer_types[i] == FULL else _kda_tensors(cfg))
+        k: t[src + "self_attn." + k] for k in (_mla_tensors(cfg) if cfg.layer_types[i] == FULL else _kda_tensors(cfg))
     }
     if cfg.layer_types[i] != FULL:
         convs = [attn.pop(f"{x}_conv1d.weight").squeeze(1) for x in "qkv"]

@@ -134,9 +134,7 @@ def _parse(raw: dict[str, Any]) -> ModelConfig:
         v_head_dim=_req_int(cfg, "v_head_dim"),
         linear_num_heads=int(linear_cfg.get("num_heads", cfg.get("linear_num_heads", 32))),
         linear_head_dim=int(linear_cfg.get("head_dim", cfg.get("linear_head_dim", 128))),
-        linear_conv_kernel_dim=int(
-            linear_cfg.get("short_conv_kernel_size", cfg.get("linear_conv_kernel_dim", 4))
-        ),
+        linear_conv_kernel_dim=int(linear_cfg.get("short_conv_kernel_size", cfg.get("linear_conv_kernel_dim", 4))),
         num_local_experts=int(cfg.get("num_local_experts", 0)),
         num_experts_per_tok=int(cfg.get("num_experts_per_tok") or 0),
         n_group=int(cfg.get("n_group", 1)),
@@ -171,9 +169,7 @@ def _check_unsupported(cfg: dict[str, Any]) -> None:
     if cfg.get("attention_bias", False):
         raise ConfigError("config.json: attention_bias=true is not supported")
     if cfg.get("mla_use_nope") is False:
-        raise ConfigError(
-            "config.json: mla_use_nope=false (rotary MLA) is not supported; Kimi Linear uses NoPE"
-        )
+        raise ConfigError("config.json: mla_use_nope=false (rotary MLA) is not supported; Kimi Linear uses NoPE")
     kv_heads = cfg.get("num_key_value_heads")
     if kv_heads not in (None, cfg.get("num_attention_heads")):
         raise ConfigError("config.json: num_key_value_heads must equal num_attention_heads for MLA")
@@ -194,9 +190,7 @@ def _layer_types(cfg: dict[str, Any], linear_cfg: dict[str, Any], num_layers: in
             "'linear_attn_config' with 'kda_layers' and 'full_attn_layers'"
         )
     if len(types) != num_layers:
-        raise ConfigError(
-            f"config.json: layer_types has {len(types)} entries, num_hidden_layers is {num_layers}"
-        )
+        raise ConfigError(f"config.json: layer_types has {len(types)} entries, num_hidden_layers is {num_layers}")
     for i, kind in enumerate(types):
         if kind not in (LINEAR, FULL):
             raise ConfigError(f"config.json: layer_types[{i}] is {kind!r}; expected {LINEAR!r} or {FULL!r}")
@@ -208,9 +202,7 @@ def _types_from_indices(linear_cfg: dict[str, Any], num_layers: int) -> tuple[st
     for key, kind in (("kda_layers", LINEAR), ("full_attn_layers", FULL)):
         for one_based in linear_cfg[key]:
             if not 1 <= one_based <= num_layers:
-                raise ConfigError(
-                    f"config.json: linear_attn_config.{key} has {one_based}, outside 1..{num_layers}"
-                )
+                raise ConfigError(f"config.json: linear_attn_config.{key} has {one_based}, outside 1..{num_layers}")
             if types[one_based - 1] is not None:
                 raise ConfigError(f"config.json: layer {one_based} is listed as both KDA and full attention")
             types[one_based - 1] = kind
@@ -234,9 +226,7 @@ def _mlp_layer_types(cfg: dict[str, Any], num_layers: int) -> tuple[str, ...]:
 def _validate(c: ModelConfig) -> None:
     if SPARSE in c.mlp_layer_types:
         if c.num_local_experts <= 0 or c.moe_intermediate_size <= 0 or c.num_experts_per_tok <= 0:
-            raise ConfigError(
-                "config.json: MoE layers need num_experts, num_experts_per_token, moe_intermediate_size"
-            )
+            raise ConfigError("config.json: MoE layers need num_experts, num_experts_per_token, moe_intermediate_size")
         if c.num_local_experts % c.n_group or c.num_local_experts // c.n_group < 2:
             raise ConfigError("config.json: num_experts must split into n_group groups of at least 2 experts")
         if c.topk_group > c.n_group:

@@ -112,10 +112,7 @@ class KimiLinearModel(nn.Module):
     def decode(self, cache: HybridCache, inp: DecodeInput) -> Tensor:
         """Returns logits [B, vocab] for the next token of every sequence."""
         bs = cache.spec.block_size
-        flat = (
-            inp.block_tables.gather(1, (inp.positions // bs).unsqueeze(1)).squeeze(1) * bs
-            + inp.positions % bs
-        )
+        flat = inp.block_tables.gather(1, (inp.positions // bs).unsqueeze(1)).squeeze(1) * bs + inp.positions % bs
         span = inp.block_tables.shape[1] * bs
         valid = torch.arange(span).unsqueeze(0) <= inp.positions.unsqueeze(1)  # [B, span]
         x = self.embed_tokens(inp.token_ids)  # [B, hidden]

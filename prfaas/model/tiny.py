@@ -31,10 +31,7 @@ def tiny_config() -> ModelConfig:
         "hidden_size": 256,
         "intermediate_size": 512,
         "num_hidden_layers": 8,
-        "layer_types": ["linear_attention"] * 3
-        + ["full_attention"]
-        + ["linear_attention"] * 3
-        + ["full_attention"],
+        "layer_types": ["linear_attention"] * 3 + ["full_attention"] + ["linear_attention"] * 3 + ["full_attention"],
         "first_k_dense_replace": 1,
         "rms_norm_eps": 1e-5,
         "num_attention_heads": 4,

@@ -83,10 +83,7 @@ class MemoryBackend:
         async with self._lock:
             values = await self._values.multi_get([str(k) for k in keys])
             self._touch([k for k, v in zip(keys, values, strict=True) if v is not None])
-            return [
-                None if v is None else Record(k, self._lru[k].depth, v)
-                for k, v in zip(keys, values, strict=True)
-            ]
+            return [None if v is None else Record(k, self._lru[k].depth, v) for k, v in zip(keys, values, strict=True)]
 
     async def contains(self, keys: Sequence[PoolKey]) -> list[bool]:
         return [k in self._lru for k in keys]
@@ -158,9 +155,7 @@ class RedisBackend:
     when 0, unbounded) and evicted_keys.
     """
 
-    def __init__(
-        self, host: str, port: int, db: int = 0, password: str | None = None, timeout_s: float = 5.0
-    ) -> None:
+    def __init__(self, host: str, port: int, db: int = 0, password: str | None = None, timeout_s: float = 5.0) -> None:
         self._cache = RedisCache(
             endpoint=host,
             port=port,
@@ -201,9 +196,7 @@ class RedisBackend:
         info = await self._cache.raw("info")
         num_entries = await self._cache.raw("dbsize")
         capacity = int(info["maxmemory"])
-        return BackendUsage(
-            int(num_entries), int(info["used_memory"]), capacity or None, int(info["evicted_keys"])
-        )
+        return BackendUsage(int(num_entries), int(info["used_memory"]), capacity or None, int(info["evicted_keys"]))
 
     async def close(self) -> None:
         await self._cache.client.aclose()  # aiocache's close() calls redis-py's deprecated close()

@@ -23,8 +23,7 @@ def validate_tenant(tenant: str) -> str:
     """Return `tenant` unchanged, or raise ValueError if it is not 1-64 chars of [A-Za-z0-9._-]."""
     if not isinstance(tenant, str) or _TENANT_RE.fullmatch(tenant) is None:
         raise ValueError(
-            f"invalid tenant id {tenant!r}: use 1-64 characters from [A-Za-z0-9._-] "
-            "(letters, digits, '.', '_', '-')"
+            f"invalid tenant id {tenant!r}: use 1-64 characters from [A-Za-z0-9._-] (letters, digits, '.', '_', '-')"
         )
     return tenant
 

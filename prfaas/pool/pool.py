@@ -62,9 +62,7 @@ class HybridPrefixPool:
         self._num_hits = 0
         self._num_misses = 0
 
-    async def match(
-        self, tenant: str, block_hashes: Sequence[bytes], prompt_len: int, block_size: int
-    ) -> PoolMatch:
+    async def match(self, tenant: str, block_hashes: Sequence[bytes], prompt_len: int, block_size: int) -> PoolMatch:
         """The longest hybrid prefix hit of a prompt whose full blocks chain to `block_hashes`.
 
         Every full-attention block up to the boundary must be present AND a snapshot must end exactly

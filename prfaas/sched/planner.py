@@ -67,22 +67,16 @@ class OperatingPoint:
         return bytes_per_s_to_gbps(self.egress_bytes_per_s)
 
 
-def evaluate(
-    scenario: Scenario, split: LengthSplit, n_prfaas: int, n_prefill: int, n_decode: int
-) -> OperatingPoint:
+def evaluate(scenario: Scenario, split: LengthSplit, n_prfaas: int, n_prefill: int, n_decode: int) -> OperatingPoint:
     """Eqs. 3-6 at one configuration. Egress at ``Lambda_max`` is ``Lambda * p * S_kv(l_long)``."""
     rates = _stage_rates(scenario, split, n_prfaas, n_prefill, n_decode)
     throughput = max_throughput_rps(rates)
     long_len = split.long_mean_tokens
-    egress = (
-        0.0 if long_len is None else throughput * split.offload_fraction * scenario.prfaas.kv_bytes(long_len)
-    )
+    egress = 0.0 if long_len is None else throughput * split.offload_fraction * scenario.prfaas.kv_bytes(long_len)
     return OperatingPoint(split, n_prfaas, n_prefill, n_decode, rates, throughput, bottleneck(rates), egress)
 
 
-def _stage_rates(
-    scenario: Scenario, split: LengthSplit, n_prfaas: int, n_prefill: int, n_decode: int
-) -> StageRates:
+def _stage_rates(scenario: Scenario, split: LengthSplit, n_prfaas: int, n_prefill: int, n_decode: int) -> StageRates:
     """Eqs. 3-5 at the representative lengths ``l_long`` / ``l_short`` of ``split`` (§3.4.1)."""
     prfaas, pd, decode = scenario.prfaas, scenario.pd, scenario.pd_decode
     compute_rps = egress_rps = prefill_rps = None
@@ -240,9 +234,7 @@ SUMMARY_KEYS = (
 
 def plan(scenario: Scenario, step_tokens: int = DEFAULT_T_STEP_TOKENS) -> Plan:
     """Search the PrfaaS-PD optimum and evaluate both baselines on the same scenario."""
-    return Plan.from_points(
-        search(scenario, step_tokens), homogeneous_baseline(scenario), naive_baseline(scenario)
-    )
+    return Plan.from_points(search(scenario, step_tokens), homogeneous_baseline(scenario), naive_baseline(scenario))
 
 
 PAPER_TABLE6 = Plan(

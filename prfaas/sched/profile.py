@@ -158,8 +158,7 @@ class DecodeCapacity:
     def __post_init__(self) -> None:
         if self.max_batch_size <= 0 or self.step_s <= 0:
             raise ValueError(
-                f"decode capacity needs max_batch_size > 0 and step_s > 0, "
-                f"got {self.max_batch_size} and {self.step_s}"
+                f"decode capacity needs max_batch_size > 0 and step_s > 0, got {self.max_batch_size} and {self.step_s}"
             )
 
     @property

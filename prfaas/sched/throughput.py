@@ -51,16 +51,12 @@ def prfaas_egress_rps(egress_bytes_per_s: float, long_kv_bytes: float) -> float:
     return egress_bytes_per_s / long_kv_bytes
 
 
-def prfaas_rps(
-    num_prfaas: int, long_prefill_s: float, egress_bytes_per_s: float, long_kv_bytes: float
-) -> float:
+def prfaas_rps(num_prfaas: int, long_prefill_s: float, egress_bytes_per_s: float, long_kv_bytes: float) -> float:
     """Eq. 3: ``Theta_prfaas = min(N_prfaas / T_prefill(l_long), B_out / S_kv(l_long))``.
 
     Layer-wise pipelining overlaps compute with the KV transfer, so the slower of the two binds.
     """
-    return min(
-        prfaas_compute_rps(num_prfaas, long_prefill_s), prfaas_egress_rps(egress_bytes_per_s, long_kv_bytes)
-    )
+    return min(prfaas_compute_rps(num_prfaas, long_prefill_s), prfaas_egress_rps(egress_bytes_per_s, long_kv_bytes))
 
 
 def pd_prefill_rps(num_prefill: int, short_prefill_s: float) -> float:
@@ -68,9 +64,7 @@ def pd_prefill_rps(num_prefill: int, short_prefill_s: float) -> float:
     return num_prefill / short_prefill_s
 
 
-def pd_decode_rps(
-    num_decode: int, max_batch_size: float, decode_step_s: float, output_tokens: float
-) -> float:
+def pd_decode_rps(num_decode: int, max_batch_size: float, decode_step_s: float, output_tokens: float) -> float:
     """Eq. 5: ``Theta_pd-d = N_d * BS_max / (T_decode * L_out)``."""
     return num_decode * max_batch_size / (decode_step_s * output_tokens)
 

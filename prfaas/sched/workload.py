@@ -204,9 +204,7 @@ def expected_above(dist: LengthDistribution, fn: LengthFunction, threshold_token
     return _expected(dist, fn, threshold_tokens, math.inf)
 
 
-def expected_at_or_below(
-    dist: LengthDistribution, fn: LengthFunction, threshold_tokens: float
-) -> float | None:
+def expected_at_or_below(dist: LengthDistribution, fn: LengthFunction, threshold_tokens: float) -> float | None:
     """``E[f(L) | L <= t]`` exactly, for a piecewise-polynomial ``f``."""
     return _expected(dist, fn, -math.inf, threshold_tokens)
 

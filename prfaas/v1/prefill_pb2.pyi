@@ -48,9 +48,11 @@ class GetLoadRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetLoadResponse(_message.Message):
-    __slots__ = ("queue_depth", "queued_tokens")
+    __slots__ = ("queue_depth", "queued_tokens", "free_blocks")
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     QUEUED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FREE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     queue_depth: int
     queued_tokens: int
-    def __init__(self, queue_depth: _Optional[int] = ..., queued_tokens: _Optional[int] = ...) -> None: ...
+    free_blocks: int
+    def __init__(self, queue_depth: _Optional[int] = ..., queued_tokens: _Optional[int] = ..., free_blocks: _Optional[int] = ...) -> None: ...

@@ -90,7 +90,7 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
             await abort(context, grpc.StatusCode.NOT_FOUND, f"no Decode registration for {opened.request_id!r}")
         rid, req = opened.request_id, pending.request
         salt = tenant_salt(req.tenant_id)
-        start = await self.engine.call(lambda e: e.match_prefix(list(req.token_ids), salt).num_tokens)
+        start = await self.engine.call(lambda e: e.match_transfer_prefix(list(req.token_ids), salt).num_tokens)
         yield decode_pb2.TransferKvResponse(
             accept=decode_pb2.TransferAccept(start_tokens=start, credit_bytes=self.settings.credit_window_bytes)
         )
@@ -134,7 +134,7 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
         self, request: decode_pb2.MatchPrefixRequest, context: grpc.aio.ServicerContext
     ) -> decode_pb2.MatchPrefixResponse:
         salt = tenant_salt(request.tenant_id)
-        hit = await self.engine.call(lambda e: e.match_prefix(list(request.token_ids), salt))
+        hit = await self.engine.call(lambda e: e.match_transfer_prefix(list(request.token_ids), salt))
         return decode_pb2.MatchPrefixResponse(cached_tokens=hit.num_tokens)
 
     async def GetDecodeLoad(

@@ -89,6 +89,7 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
             )
 
             def admit(e: Engine) -> KvManifest:
+                timing["cached"] = e.match_prefix(ids, salt).num_tokens
                 e.add_request(ids, params, rid, salt, export)
                 return e.manifest(rid)
 
@@ -106,10 +107,9 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
         stats = await send_state(
             stub, rid, epoch, self.engine.engine.spec.fingerprint(), prepare, self.settings.transfer_timeout_s
         )
-        cached = await self.engine.call(lambda e: e.match_prefix(ids, salt).num_tokens)
         return prefill_pb2.PrefillResponse(
             first_token_id=stats.first_token_id,
-            cached_tokens=min(cached, len(ids) - 1),
+            cached_tokens=int(timing.get("cached", 0)),
             receiver_cached_tokens=stats.receiver_cached_tokens,
             kv_bytes=stats.kv_bytes,
             num_chunks=stats.num_chunks,
@@ -120,7 +120,11 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
     async def GetLoad(
         self, request: prefill_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
     ) -> prefill_pb2.GetLoadResponse:
-        return prefill_pb2.GetLoadResponse(queue_depth=self._active, queued_tokens=self._queued_tokens)
+        return prefill_pb2.GetLoadResponse(
+            queue_depth=self._active,
+            queued_tokens=self._queued_tokens,
+            free_blocks=self.engine.engine.cache.blocks.num_free,
+        )
 
 
 async def build_server(

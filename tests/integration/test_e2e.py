@@ -72,3 +72,41 @@ async def test_bad_requests_are_invalid_argument(req: router_pb2.GenerateRequest
         assert message in (info.value.details() or "")
         ids, _ = await collect(stack.router, request([1, 2, 3]))  # still serving
         assert len(ids) == MAX_NEW
+
+
+async def _free_blocks(stack: object) -> tuple[int, int, int, int]:
+    from prfaas.service.grpc_server import channel
+    from prfaas.v1 import decode_pb2, decode_pb2_grpc, prefill_pb2, prefill_pb2_grpc
+
+    addrs = stack.addresses  # type: ignore[attr-defined]
+    dec = await decode_pb2_grpc.DecodeServiceStub(channel(addrs["decode-0"])).GetDecodeLoad(
+        decode_pb2.GetDecodeLoadRequest()
+    )
+    pre = [
+        await prefill_pb2_grpc.PrefillServiceStub(channel(addrs[name])).GetLoad(prefill_pb2.GetLoadRequest())
+        for name in ("prefill-prfaas", "prefill-pd")
+    ]
+    return dec.free_blocks, dec.active, pre[0].free_blocks, pre[1].free_blocks
+
+
+async def test_cancel_mid_generation_frees_blocks_everywhere() -> None:
+    async with local_stack(threshold_tokens=48) as stack:
+        baseline = await _free_blocks(stack)
+        long_req = router_pb2.GenerateRequest(
+            token_ids=router_pb2.TokenIds(ids=prompt(100, 7)),
+            sampling=common_pb2.SamplingParams(max_new_tokens=400, ignore_eos=True),
+        )
+        call = stack.router.Generate(long_req, timeout=60)
+        seen = 0
+        async for msg in call:
+            seen += len(msg.token_ids)
+            if seen >= 3:
+                break
+        during = await _free_blocks(stack)
+        call.cancel()
+        for _ in range(100):  # within a second
+            if await _free_blocks(stack) == baseline:
+                break
+            await asyncio.sleep(0.01)
+        assert during[0] < baseline[0] and during[1] == 1  # the decode worker held blocks while generating
+        assert await _free_blocks(stack) == baseline

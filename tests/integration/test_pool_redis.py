@@ -139,13 +139,9 @@ async def test_redis_evicts_at_maxmemory(redis_server: RedisServer, redis_admin:
         await redis_admin.config_set("maxmemory", REDIS_MAXMEMORY_BYTES)
 
 
-async def test_pools_on_one_redis_db_share_entries(
-    redis_server: RedisServer, redis_admin: aioredis.Redis
-) -> None:
+async def test_pools_on_one_redis_db_share_entries(redis_server: RedisServer, redis_admin: aioredis.Redis) -> None:
     hashes = chain(2)
     async with make_pool(redis_server.url) as writer, make_pool(redis_server.url) as reader:
-        await writer.put_blocks(
-            "t", [BlockEntry(hashes[0], 0, b"kv0"), BlockEntry(hashes[1], 1, b"kv1", b"s")]
-        )
+        await writer.put_blocks("t", [BlockEntry(hashes[0], 0, b"kv0"), BlockEntry(hashes[1], 1, b"kv1", b"s")])
         assert (await reader.match("t", hashes, 100, BS)).num_blocks == 2
         assert [e.kv for e in await reader.get_blocks("t", hashes)] == [b"kv0", b"kv1"]

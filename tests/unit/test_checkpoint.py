@@ -67,9 +67,7 @@ def test_sharded_checkpoint_with_index_loads(tmp_path: Path) -> None:
 
 def test_missing_tensor_is_named(tiny_copy: Path) -> None:
     _edit_tensors(tiny_copy, lambda t: t.pop("model.layers.3.self_attn.kv_b_proj.weight"))
-    with pytest.raises(
-        CheckpointError, match=r"missing tensor model\.layers\.3\.self_attn\.kv_b_proj\.weight"
-    ):
+    with pytest.raises(CheckpointError, match=r"missing tensor model\.layers\.3\.self_attn\.kv_b_proj\.weight"):
         load_checkpoint(tiny_copy)
 
 
@@ -85,9 +83,7 @@ def test_misshaped_tensor_is_named(tiny_copy: Path) -> None:
 
 
 def test_unexpected_tensor_is_an_error(tiny_copy: Path) -> None:
-    _edit_tensors(
-        tiny_copy, lambda t: t.update({"model.layers.0.self_attn.gate_lower_bound": torch.zeros(1)})
-    )
+    _edit_tensors(tiny_copy, lambda t: t.update({"model.layers.0.self_attn.gate_lower_bound": torch.zeros(1)}))
     with pytest.raises(CheckpointError, match=r"unexpected tensor .*0\.self_attn\.gate_lower_bound"):
         load_checkpoint(tiny_copy)
 

@@ -72,9 +72,7 @@ def disaggregated(
     """Prefill on `sender`, ship chunks as bytes (shuffled), import and decode on `receiver`."""
     start = receiver.match_prefix(ids).num_tokens
     wire: list[bytes] = []
-    rid = sender.add_request(
-        ids, params, export=ExportRequest(lambda c: wire.append(c.to_bytes()), start, 0, 2048)
-    )
+    rid = sender.add_request(ids, params, export=ExportRequest(lambda c: wire.append(c.to_bytes()), start, 0, 2048))
     seq_manifest = KvManifest.decode(sender.manifest(rid).encode())
     first = None
     while sender.has_work:

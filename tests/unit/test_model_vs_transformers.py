@@ -17,9 +17,7 @@ pytest.importorskip("transformers", reason="transformers is the test oracle (pip
 RTOL = 1e-4
 
 
-def our_logits(
-    model: KimiLinearModel, ids: list[int], prompt_len: int, block: int, chunk: int
-) -> torch.Tensor:
+def our_logits(model: KimiLinearModel, ids: list[int], prompt_len: int, block: int, chunk: int) -> torch.Tensor:
     """Logits at positions prompt_len-1 .. len(ids)-1: chunked prefill of the prompt, then decode steps."""
     spec = HybridSpec.from_config(model.config, block)
     cache = HybridCache(spec, num_blocks=64, max_seqs=2, snapshot_bytes=0)
@@ -32,9 +30,7 @@ def our_logits(
     assert out is not None
     rows = [out.last_logits]
     for pos in range(prompt_len, len(ids)):
-        inp = DecodeInput(
-            torch.tensor([ids[pos]]), torch.tensor([pos]), table.unsqueeze(0), torch.tensor([slot])
-        )
+        inp = DecodeInput(torch.tensor([ids[pos]]), torch.tensor([pos]), table.unsqueeze(0), torch.tensor([slot]))
         rows.append(model.decode(cache, inp)[0])
     return torch.stack(rows)
 
@@ -44,9 +40,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.fixture(scope="module", params=sorted(HF_CONFIGS))
-def pair(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[object, KimiLinearModel]:
+def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[object, KimiLinearModel]:
     from transformers import KimiLinearForCausalLM
 
     folder = save_hf_model(request.param, tmp_path_factory.mktemp("hf"))

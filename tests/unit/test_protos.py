@@ -25,9 +25,7 @@ def test_generated_code_has_not_drifted(tmp_path: Path) -> None:
         check=True,
     )
     fresh = sorted(p.name for p in (tmp_path / "prfaas" / "v1").iterdir())
-    checked_in = sorted(
-        p.name for p in (ROOT / "prfaas" / "v1").iterdir() if p.name != "__init__.py" and p.is_file()
-    )
+    checked_in = sorted(p.name for p in (ROOT / "prfaas" / "v1").iterdir() if p.name != "__init__.py" and p.is_file())
     assert fresh == checked_in, "run scripts/gen-protos"
     for name in fresh:
         new = (tmp_path / "prfaas" / "v1" / name).read_text()
@@ -40,6 +38,4 @@ def test_every_rpc_and_message_has_a_comment() -> None:
         for i, line in enumerate(lines):
             stripped = line.strip()
             if stripped.startswith(("rpc ", "message ", "service ", "enum ")):
-                assert lines[i - 1].strip().startswith("//"), (
-                    f"{proto.name}:{i + 1} lacks a comment: {stripped}"
-                )
+                assert lines[i - 1].strip().startswith("//"), f"{proto.name}:{i + 1} lacks a comment: {stripped}"

@@ -1,0 +1,211 @@
+"""Launching a whole PrfaaS-PD topology on this machine as separate processes on loopback.
+
+Each service is started as `python -m services.<name> --port 0 ...`; its "listening on port N" line
+tells where it is. The stack is up once every service answers `grpc.health.v1` with SERVING. On exit
+every process gets SIGTERM (graceful drain), then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+_LISTENING = re.compile(r"listening on port (\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """How many workers of each kind, and how they run. Also readable from a JSON file (`--config`)."""
+
+    engine: str = "real"
+    model: str = "kimi-linear-tiny"
+    prfaas_prefill: int = 1
+    pd_prefill: int = 1
+    decode: int = 1
+    threshold_tokens: int = 256
+    block_size: int = 64
+    router_port: int = 0
+    time_scale: float = 0.01
+    bytes_scale: float = 0.001
+    pool_backend: str = "memory://?capacity_bytes=268435456"
+
+    def __post_init__(self) -> None:
+        if self.decode < 1 or self.prfaas_prefill + self.pd_prefill < 1:
+            raise ValueError("a topology needs at least one decode worker and one prefill worker")
+
+    @classmethod
+    def from_file(cls, path: Path, **overrides: object) -> Topology:
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read topology ({exc})") from exc
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
+        return cls(**{**raw, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+@dataclass
+class Service:
+    name: str
+    proc: subprocess.Popen[str]
+    port: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass
+class LocalStack:
+    topology: Topology
+    services: list[Service] = field(default_factory=list)
+    log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="prfaas-stack-")))
+
+    @property
+    def router(self) -> str:
+        return next(s.address for s in self.services if s.name == "router")
+
+    def __enter__(self) -> LocalStack:
+        try:
+            self._launch()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stop()
+
+    def _start(self, name: str, module: str, *args: str, port: int = 0) -> Service:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", f"services.{module}", "--port", str(port), *args]
+        with open(self.log_dir / f"{name}.log", "w") as log:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=_repo_root())
+        service = Service(name, proc)
+        self.services.append(service)
+        service.port = _read_port(service)
+        threading.Thread(target=_drain, args=(proc,), daemon=True).start()
+        return service
+
+    def _engine_args(self) -> list[str]:
+        t = self.topology
+        return [
+            "--engine",
+            t.engine,
+            "--model",
+            t.model,
+            "--block-size",
+            str(t.block_size),
+            "--time-scale",
+            str(t.time_scale),
+            "--bytes-scale",
+            str(t.bytes_scale),
+        ]
+
+    def _launch(self) -> None:
+        t = self.topology
+        pools = {c: self._start(f"cachepool-{c}", "cachepool", "--backend", t.pool_backend) for c in ("prfaas", "pd")}
+        decode = [self._start(f"decode-{i}", "decode", *self._engine_args()) for i in range(t.decode)]
+        prefill: dict[str, list[Service]] = {"prfaas": [], "pd": []}
+        for cluster, count in (("prfaas", t.prfaas_prefill), ("pd", t.pd_prefill)):
+            role = ["--cluster", cluster, "--mock-role", cluster]
+            prefill[cluster] = [
+                self._start(f"prefill-{cluster}-{i}", "prefill", *self._engine_args(), *role) for i in range(count)
+            ]
+        self._start(
+            "router",
+            "router",
+            "--model",
+            t.model,
+            "--threshold-tokens",
+            str(t.threshold_tokens),
+            "--block-size",
+            str(t.block_size),
+            "--decode",
+            _join(decode),
+            "--prfaas-prefill",
+            _join(prefill["prfaas"]),
+            "--pd-prefill",
+            _join(prefill["pd"]),
+            "--prfaas-pool",
+            pools["prfaas"].address,
+            "--pd-pool",
+            pools["pd"].address,
+            port=t.router_port,
+        )
+        for s in self.services:
+            wait_healthy(s.address, 60.0)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        for s in reversed(self.services):
+            if s.proc.poll() is None:
+                s.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for s in self.services:
+            try:
+                s.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                s.proc.kill()
+                s.proc.wait()
+        self.services.clear()
+
+
+def _drain(proc: subprocess.Popen[str]) -> None:
+    """Keep reading a child's stdout so it can never block on a full pipe."""
+    assert proc.stdout is not None
+    for _ in proc.stdout:
+        pass
+
+
+def _join(services: list[Service]) -> str:
+    return ",".join(s.address for s in services)
+
+
+def _repo_root() -> str:
+    return str(Path(__file__).resolve().parents[2])
+
+
+def _read_port(service: Service, timeout_s: float = 120.0) -> int:
+    """The port from the service's "listening on port N" line."""
+    assert service.proc.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = service.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{service.name} exited with {service.proc.wait()} before listening (see its log)")
+        match = _LISTENING.search(line)
+        if match:
+            return int(match.group(1))
+    raise TimeoutError(f"{service.name} did not start within {timeout_s:.0f}s")
+
+
+def wait_healthy(address: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            try:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"{address} did not report SERVING within {timeout_s:.0f}s")

@@ -1,0 +1,57 @@
+"""`prfaas up`: run a whole topology locally until Ctrl-C / SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from prfaas.cli.stack import LocalStack, Topology
+
+
+def add_topology_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="topology JSON (keys of prfaas.cli.stack.Topology)")
+    p.add_argument("--engine", choices=["real", "mock"], help="engine kind for every worker (default real)")
+    p.add_argument("--model", help="checkpoint folder or kimi-linear-tiny (default)")
+    p.add_argument("--threshold", type=int, dest="threshold_tokens", help="routing threshold t in tokens")
+    p.add_argument("--router-port", type=int, help="fixed router port (default: any free port)")
+
+
+def topology_from(args: argparse.Namespace) -> Topology:
+    overrides = {
+        "engine": args.engine,
+        "model": args.model,
+        "threshold_tokens": args.threshold_tokens,
+        "router_port": args.router_port,
+    }
+    if args.config is not None:
+        return Topology.from_file(args.config, **overrides)
+    return Topology(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("up", help="start a PrfaaS-PD topology on this machine (one process per service)")
+    add_topology_args(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        topology = topology_from(args)
+    except ValueError as exc:
+        print(f"prfaas up: error: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"starting {topology} (logs in the folder printed below)", file=sys.stderr)
+    with LocalStack(topology) as stack:
+        print(f"logs: {stack.log_dir}", file=sys.stderr)
+        for s in stack.services:
+            print(f"  {s.name:20} {s.address}", file=sys.stderr)
+        print(f"router listening on {stack.router}", flush=True)
+        stop.wait()
+        print("stopping", file=sys.stderr)
+    return 0
