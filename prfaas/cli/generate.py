@@ -27,6 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-token-ids", default="", help="comma-separated extra stop tokens")
     p.add_argument("--ignore-eos", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--router", help="HOST:PORT of a running router (`prfaas up`); default: a local engine")
+    p.add_argument("--tenant", default=None, help="tenant id (with --router)")
     p.set_defaults(run=run)
 
 
@@ -47,7 +49,53 @@ def prompt_ids(args: argparse.Namespace, tokenizer: Tokenizer | None) -> list[in
     return tokenizer.encode(args.prompt)
 
 
+def run_remote(args: argparse.Namespace) -> int:
+    """Generate through a router with the SDK; the JSON adds where and how it was prefilled."""
+    from prfaas.client import Client, PrfaasError, Sampling
+
+    prompt: str | list[int] = args.prompt if args.token_ids is None else parse_ids(args.token_ids, "--token-ids")
+    sampling = Sampling(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop_token_ids=tuple(parse_ids(args.stop_token_ids, "--stop-token-ids")),
+        ignore_eos=args.ignore_eos,
+    )
+    try:
+        with Client(args.router) as client:
+            r = client.generate(prompt, sampling, tenant_id=args.tenant)
+    except (PrfaasError, ValueError) as exc:
+        print(f"prfaas generate: error: {exc}", file=sys.stderr)
+        return 2
+    route = r.route
+    if args.json:
+        out = {
+            "token_ids": list(r.token_ids),
+            "text": r.text,
+            "finish_reason": r.finish_reason,
+            "route": route.route if route else None,
+            "reason": route.reason if route else None,
+            "cached_tokens": route.cached_tokens if route else 0,
+            "kv_bytes": route.kv_bytes if route else 0,
+            "ttft_s": route.ttft_s if route else None,
+            "elapsed_s": round(r.elapsed_s, 4),
+        }
+        print(json.dumps(out))
+    else:
+        print(r.text or " ".join(map(str, r.token_ids)))
+        if route is not None:
+            print(
+                f"[{route.route}: {route.reason}; cached {route.cached_tokens}, {route.kv_bytes} KV bytes, "
+                f"TTFT {route.ttft_s:.3f}s]",
+                file=sys.stderr,
+            )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.router:
+        return run_remote(args)
     try:
         params = SamplingParams(
             max_new_tokens=args.max_new_tokens,
