@@ -39,7 +39,7 @@ class Topology:
     block_size: int = 64
     router_port: int = 0
     time_scale: float = 0.01
-    bytes_scale: float = 0.001
+    bytes_scale: float = 0.01
     pool_backend: str = "memory://?capacity_bytes=268435456"
 
     def __post_init__(self) -> None:
@@ -123,7 +123,7 @@ class LocalStack:
         decode = [self._start(f"decode-{i}", "decode", *self._engine_args()) for i in range(t.decode)]
         prefill: dict[str, list[Service]] = {"prfaas": [], "pd": []}
         for cluster, count in (("prfaas", t.prfaas_prefill), ("pd", t.pd_prefill)):
-            role = ["--cluster", cluster, "--mock-role", cluster]
+            role = ["--cluster", cluster, "--mock-role", cluster, "--pool", pools[cluster].address]
             prefill[cluster] = [
                 self._start(f"prefill-{cluster}-{i}", "prefill", *self._engine_args(), *role) for i in range(count)
             ]

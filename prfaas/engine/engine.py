@@ -20,6 +20,7 @@ import torch
 from prfaas.engine.sampling import SamplingParams, sample, sample_batch
 from prfaas.engine.sequence import Sequence, Status, TokenEvent
 from prfaas.kv.cache import HybridCache
+from prfaas.kv.pool_blocks import decode_block, decode_snapshot, encode_block, encode_snapshot
 from prfaas.kv.prefix import PrefixMatch, block_hashes, longest_hybrid_prefix
 from prfaas.kv.spec import HybridSpec
 from prfaas.kv.transfer import ChunkSink, StateExporter, StateImporter
@@ -60,6 +61,16 @@ class ExportRequest:
     start_tokens: int = 0
     epoch: int = 0
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class PoolBlock:
+    """One block as the cluster cache pool stores it."""
+
+    block_hash: bytes
+    depth: int
+    kv: bytes
+    snapshot: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +180,41 @@ class Engine:
             lambda h: self.cache.blocks.lookup(h) is not None,
             lambda h: True,
         )
+
+    # -- the cluster cache pool ------------------------------------------------------------------------
+    def export_blocks(self, prompt_ids: list[int], salt: bytes = b"", skip_blocks: int = 0) -> list[PoolBlock]:
+        """The cached full blocks of a prompt (and snapshots at their ends), encoded for the pool."""
+        out = []
+        for depth, h in enumerate(block_hashes(prompt_ids, self.spec.block_size, salt)):
+            block = self.cache.blocks.lookup(h)
+            if block is None:
+                break
+            if depth < skip_blocks:
+                continue
+            kv = torch.stack([full[block] for full in self.cache.full]) if self.cache.full else torch.empty(0)
+            snap = None if self.cache.snapshots.always_hit else self.cache.snapshots.get(h)
+            encoded = None if snap is None else encode_snapshot(self.spec, snap)
+            out.append(PoolBlock(h, depth, encode_block(self.spec, kv), encoded))
+        return out
+
+    def import_blocks(self, prompt_ids: list[int], salt: bytes, blocks: list[PoolBlock]) -> int:
+        """Install blocks fetched from the pool into the local prefix cache; returns blocks installed."""
+        hashes = block_hashes(prompt_ids, self.spec.block_size, salt)
+        installed = 0
+        for b in blocks:
+            if b.depth >= len(hashes) or hashes[b.depth] != b.block_hash:
+                raise WireError(f"pool block at depth {b.depth} does not belong to this prompt")
+            if self.cache.blocks.lookup(b.block_hash) is None:
+                kv = decode_block(self.spec, b.kv)
+                [block] = self.cache.blocks.allocate(1)
+                for layer, full in enumerate(self.cache.full):
+                    full[block].copy_(kv[layer])
+                self.cache.blocks.register(block, b.block_hash)
+                self.cache.blocks.free([block])  # cached, evictable, reusable by the next request
+                installed += 1
+            if b.snapshot is not None:
+                self.cache.snapshots.put(b.block_hash, decode_snapshot(self.spec, b.snapshot))
+        return installed
 
     # -- the loop ------------------------------------------------------------------------------------
     def step(self) -> list[TokenEvent]:

@@ -23,7 +23,7 @@ class EngineSettings:
     threads: int = 1
     mock_role: str = "pd"  # which paper profile the mock follows: "prfaas" (H200) or "pd" (H20)
     time_scale: float = 0.01
-    bytes_scale: float = 0.001
+    bytes_scale: float = 0.01
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINE_KINDS:

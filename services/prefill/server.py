@@ -11,18 +11,23 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from prfaas.engine.async_engine import AsyncEngine
-from prfaas.engine.engine import Engine, ExportRequest, InvalidRequest
+from prfaas.engine.engine import Engine, ExportRequest, InvalidRequest, PoolBlock
 from prfaas.engine.factory import build_engine
 from prfaas.engine.sampling import SamplingParams
-from prfaas.kv.wire import KvChunk, KvManifest
+from prfaas.kv.prefix import block_hashes
+from prfaas.kv.wire import KvChunk, KvManifest, WireError
 from prfaas.service.convert import check_request_id, check_tenant, sampling_from_pb, tenant_salt
 from prfaas.service.grpc_server import RunningServer, channel, start_server
 from prfaas.service.status import abort
 from prfaas.transfer.sender import PreparedExport, TransferError, send_state
-from prfaas.v1 import decode_pb2_grpc, prefill_pb2, prefill_pb2_grpc
+from prfaas.v1 import cachepool_pb2, cachepool_pb2_grpc, decode_pb2_grpc, prefill_pb2, prefill_pb2_grpc
 from services.prefill.settings import PrefillSettings
 
 log = logging.getLogger(__name__)
+
+
+def _block(b: cachepool_pb2.PoolBlock) -> PoolBlock:
+    return PoolBlock(b.block_hash, b.depth, b.kv, b.snapshot or None)
 
 
 class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
@@ -32,6 +37,60 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._queued_tokens = 0
         self._active = 0
+        self._publishing: set[asyncio.Task[None]] = set()
+        self.pool = cachepool_pb2_grpc.CachePoolServiceStub(channel(settings.pool)) if settings.pool else None
+
+    async def _fill_from_pool(self, ids: list[int], salt: bytes, tenant: str) -> int:
+        """Fetch a longer prefix from the cluster pool into the local cache; returns the pool's hit blocks."""
+        if self.pool is None:
+            return 0
+        hashes = block_hashes(ids, self.engine.engine.spec.block_size, salt)
+        try:
+            hit = await self.pool.LookupPrefix(
+                cachepool_pb2.LookupPrefixRequest(
+                    tenant_id=tenant,
+                    block_hashes=hashes,
+                    prompt_tokens=len(ids),
+                    block_size=self.engine.engine.spec.block_size,
+                ),
+                timeout=2.0,
+            )
+            local = await self.engine.call(lambda e: e.match_prefix(ids, salt).num_blocks)
+            if hit.num_blocks > local:
+                request = cachepool_pb2.GetBlocksRequest(tenant_id=tenant, block_hashes=hashes[: hit.num_blocks])
+                blocks = [_block(r.block) async for r in self.pool.GetBlocks(request, timeout=10.0)]
+                await self.engine.call(lambda e: e.import_blocks(ids, salt, blocks))
+            return int(hit.num_blocks)
+        except (grpc.aio.AioRpcError, WireError) as exc:
+            log.warning("cache pool unavailable, prefilling without it: %s", exc)
+            return 0
+
+    def _publish(self, ids: list[int], salt: bytes, tenant: str, skip_blocks: int) -> None:
+        """Push this prompt's new blocks to the cluster pool in the background."""
+        if self.pool is None:
+            return
+        task = asyncio.create_task(self._put(ids, salt, tenant, skip_blocks))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _put(self, ids: list[int], salt: bytes, tenant: str, skip_blocks: int) -> None:
+        assert self.pool is not None
+        blocks = await self.engine.call(lambda e: e.export_blocks(ids, salt, skip_blocks))
+        if not blocks:
+            return
+        messages = [
+            cachepool_pb2.PutBlocksRequest(
+                tenant_id=tenant,
+                block=cachepool_pb2.PoolBlock(
+                    block_hash=b.block_hash, depth=b.depth, kv=b.kv, snapshot=b.snapshot or b""
+                ),
+            )
+            for b in blocks
+        ]
+        try:
+            await self.pool.PutBlocks(iter(messages), timeout=10.0)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("could not publish %d blocks to the cache pool: %s", len(blocks), exc)
 
     def _decode_stub(self, address: str) -> decode_pb2_grpc.DecodeServiceStub:
         if address not in self._channels:
@@ -39,6 +98,8 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
         return decode_pb2_grpc.DecodeServiceStub(self._channels[address])
 
     async def close(self) -> None:
+        if self._publishing:
+            await asyncio.gather(*self._publishing, return_exceptions=True)
         for ch in self._channels.values():
             await ch.close()
 
@@ -72,6 +133,7 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
     ) -> prefill_pb2.PrefillResponse:
         rid, epoch, salt = request.request_id, request.epoch, tenant_salt(request.tenant_id)
         timing: dict[str, float] = {"arrival": time.perf_counter()}
+        pool_blocks = await self._fill_from_pool(ids, salt, request.tenant_id)
         events = self.engine.open_stream(rid)
         loop = asyncio.get_running_loop()
 
@@ -107,6 +169,7 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
         stats = await send_state(
             stub, rid, epoch, self.engine.engine.spec.fingerprint(), prepare, self.settings.transfer_timeout_s
         )
+        self._publish(ids, salt, request.tenant_id, pool_blocks)
         return prefill_pb2.PrefillResponse(
             first_token_id=stats.first_token_id,
             cached_tokens=int(timing.get("cached", 0)),

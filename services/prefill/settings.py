@@ -15,6 +15,7 @@ class PrefillSettings(EngineSettings):
     host: str = "127.0.0.1"
     port: int = 0
     cluster: str = "pd"  # "prfaas" or "pd": which cluster this worker belongs to
+    pool: str = ""  # host:port of this cluster's cache pool (optional)
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     transfer_timeout_s: float = 120.0
 

@@ -46,8 +46,8 @@ async def local_stack(
     try:
         pools = [await add(f"pool-{c}", build_pool(CachePoolSettings())) for c in ("prfaas", "pd")]
         decoders = [await add(f"decode-{i}", build_decode(DecodeSettings(**common))) for i in range(num_decode)]
-        prfaas = await add("prefill-prfaas", build_prefill(PrefillSettings(cluster="prfaas", **common)))
-        pd = await add("prefill-pd", build_prefill(PrefillSettings(cluster="pd", **common)))
+        prfaas = await add("prefill-prfaas", build_prefill(PrefillSettings(cluster="prfaas", pool=pools[0], **common)))
+        pd = await add("prefill-pd", build_prefill(PrefillSettings(cluster="pd", pool=pools[1], **common)))
         router = await add(
             "router",
             build_router(

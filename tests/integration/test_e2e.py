@@ -45,6 +45,21 @@ async def test_both_routes_and_prefix_hit_match_offline() -> None:
     assert route_again.kv_bytes < route_long.kv_bytes  # only what it lacks was sent
 
 
+async def test_prefill_workers_publish_to_their_cluster_pool() -> None:
+    from prfaas.service.grpc_server import channel
+    from prfaas.v1 import cachepool_pb2, cachepool_pb2_grpc
+
+    async with local_stack(threshold_tokens=48) as stack:
+        await collect(stack.router, request(prompt(100, 3)))
+        pool = cachepool_pb2_grpc.CachePoolServiceStub(channel(stack.addresses["pool-prfaas"]))
+        for _ in range(100):
+            stats = await pool.GetStats(cachepool_pb2.GetStatsRequest())
+            if stats.entries:
+                break
+            await asyncio.sleep(0.02)
+    assert stats.entries >= 6  # 6 full blocks of 16 tokens (+ their snapshots)
+
+
 async def test_sixteen_concurrent_requests_match_offline() -> None:
     prompts = [prompt(10 + 7 * i, 100 + i) for i in range(16)]
     expected = offline(prompts)

@@ -17,7 +17,11 @@ def test_prfaas_up_serves_and_stops_cleanly() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     up = subprocess.Popen(
         [sys.executable, "-m", "prfaas.cli.main", "up", "--threshold", "32"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
     )
     try:
         assert up.stdout is not None
@@ -26,11 +30,28 @@ def test_prfaas_up_serves_and_stops_cleanly() -> None:
         assert match, f"unexpected first line {line!r}"
         router = match.group(1)
         outs = [
-            json.loads(subprocess.run(
-                [sys.executable, "-m", "prfaas.cli.main", "generate", "--router", router, "--prompt", text,
-                 "--max-new-tokens", "4", "--json"],
-                capture_output=True, text=True, check=True, cwd=ROOT, env=env,
-            ).stdout)
+            json.loads(
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "prfaas.cli.main",
+                        "generate",
+                        "--router",
+                        router,
+                        "--prompt",
+                        text,
+                        "--max-new-tokens",
+                        "4",
+                        "--json",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    cwd=ROOT,
+                    env=env,
+                ).stdout
+            )
             for text in ("short one", "a much longer prompt that certainly exceeds the threshold of 32 tokens")
         ]
         assert [o["route"] for o in outs] == ["local", "prfaas"]

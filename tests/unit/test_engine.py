@@ -180,3 +180,18 @@ def test_abort_frees_blocks_and_slots(model: KimiLinearModel) -> None:
     engine.abort(rid)
     assert (engine.cache.blocks.num_free, engine.cache.num_free_slots) == (free, slots)
     assert not engine.has_work
+
+
+def test_blocks_move_between_engines_through_pool_blobs(model: KimiLinearModel) -> None:
+    ids = prompt(70, 21)
+    a, b = make_engine(model), make_engine(model)
+    expected = a.generate([ids], GREEDY)[0].token_ids
+    blocks = a.export_blocks(ids)
+    assert [blk.depth for blk in blocks] == [0, 1, 2, 3]
+    assert all(blk.snapshot is not None for blk in blocks)  # prefill snapshotted every boundary
+    assert b.import_blocks(ids, b"", blocks) == 4
+    assert b.match_prefix(ids).num_tokens == 64
+    result = b.generate([ids], GREEDY)[0]
+    assert result.cached_tokens == 64 and result.token_ids == expected
+    with pytest.raises(WireError, match="does not belong"):
+        b.import_blocks(prompt(70, 22), b"", blocks)
