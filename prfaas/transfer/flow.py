@@ -33,6 +33,13 @@ class CreditWindow:
             self.in_flight = max(0, self.in_flight - num_bytes)
             self._changed.notify_all()
 
+    async def drained(self) -> None:
+        """Wait until every byte sent has been credited back (applied by the receiver)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.error is not None or self.in_flight == 0)
+            if self.error is not None:
+                raise self.error
+
     async def acquire(self, num_bytes: int) -> None:
         """Wait until `num_bytes` may be sent, then count them as in flight."""
         async with self._changed:

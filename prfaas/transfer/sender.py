@@ -1,11 +1,16 @@
 """The sending side of a KV transfer (a prefill worker streaming state to a decode worker).
 
-Protocol on one `DecodeService.TransferKv` bidirectional stream:
-  -> open(request id, epoch, fingerprint)      <- accept(start_tokens, initial credit)
-  -> manifest -> chunk ... (each within credit) <- credit grants as chunks are applied
-  -> commit(first token)                        <- done(bytes received)
+Protocol on `DecodeService.TransferKv` bidirectional streams:
+  stream 0:  -> open(request id, epoch, fingerprint, 0, n)  <- accept(start_tokens, initial credit)
+             -> manifest -> chunk ...                        <- credit grants as chunks are applied
+             -> commit(first token)                          <- done(bytes received)
+  stream k>0 (optional, to fill a long, fat link with several TCP flows):
+             -> open(..., k, n)                              <- accept(start_tokens, initial credit)
+             -> chunk ...                                    <- credit grants
 The receiver says which prefix it already holds (`start_tokens`) before anything is computed, so
-only what it lacks is produced and sent.
+only what it lacks is produced and sent. Each stream has its own credit window; a chunk goes to the
+stream with the most free credit. Commit is sent only once every chunk on every stream has been
+credited back, i.e. applied by the receiver.
 """
 
 from __future__ import annotations
@@ -39,10 +44,38 @@ class PreparedExport:
 class TransferStats:
     kv_bytes: int
     num_chunks: int
+    num_streams: int
     receiver_cached_tokens: int
     transfer_s: float
-    stalled_s: float
+    stalled_s: float  # summed over streams: time spent waiting for credit
     first_token_id: int
+
+
+class _Stream:
+    """One bidirectional stream with its credit window and credit reader."""
+
+    def __init__(self, call: grpc.aio.StreamStreamCall) -> None:
+        self.call = call
+        self.window = CreditWindow()
+        self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.reader: asyncio.Task[None] | None = None
+        self.sent = 0
+
+    async def open(self, opened: decode_pb2.TransferOpen) -> decode_pb2.TransferAccept:
+        await self.call.write(decode_pb2.TransferKvRequest(open=opened))
+        accept = (await _read(self.call)).accept
+        await self.window.grant(accept.credit_bytes)
+        self.reader = asyncio.create_task(_read_credits(self.call, self.window, self.done))
+        return accept
+
+    async def send(self, data: bytes) -> None:
+        await self.window.acquire(len(data))
+        await self.call.write(decode_pb2.TransferKvRequest(chunk=data))
+        self.sent += len(data)
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
 
 
 async def send_state(
@@ -52,52 +85,72 @@ async def send_state(
     fingerprint: str,
     prepare: Callable[[int], Awaitable[PreparedExport]],
     timeout_s: float,
+    num_streams: int = 1,
 ) -> TransferStats:
     t0 = time.perf_counter()
-    call = stub.TransferKv(timeout=timeout_s)
-    await call.write(
-        decode_pb2.TransferKvRequest(
-            open=decode_pb2.TransferOpen(request_id=request_id, epoch=epoch, fingerprint=fingerprint)
-        )
-    )
-    accept = (await _read(call)).accept
-    window = CreditWindow()
-    await window.grant(accept.credit_bytes)
-    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    reader = asyncio.create_task(_read_credits(call, window, done))
+    streams = [_Stream(stub.TransferKv(timeout=timeout_s)) for _ in range(max(1, num_streams))]
     try:
-        export = await prepare(accept.start_tokens)
-        await call.write(decode_pb2.TransferKvRequest(manifest=export.manifest.encode()))
-        sent = await _send_chunks(call, window, export)
+        accepts = [
+            await s.open(
+                decode_pb2.TransferOpen(
+                    request_id=request_id,
+                    epoch=epoch,
+                    fingerprint=fingerprint,
+                    stream_index=i,
+                    num_streams=len(streams),
+                )
+            )
+            for i, s in enumerate(streams)
+        ]
+        export = await prepare(accepts[0].start_tokens)
+        primary = streams[0]
+        await primary.call.write(decode_pb2.TransferKvRequest(manifest=export.manifest.encode()))
+        await _send_chunks(streams, export)
+        for s in streams[1:]:
+            await s.call.done_writing()
+        await asyncio.gather(*(s.window.drained() for s in streams))
         first = await export.first_token
-        await call.write(decode_pb2.TransferKvRequest(commit=decode_pb2.TransferCommit(first_token_id=first)))
-        await call.done_writing()
-        received = await done
+        await primary.call.write(decode_pb2.TransferKvRequest(commit=decode_pb2.TransferCommit(first_token_id=first)))
+        await primary.call.done_writing()
+        received = await primary.done
     except BaseException:
-        call.cancel()
+        for s in streams:
+            s.call.cancel()
         raise
     finally:
-        reader.cancel()
+        for s in streams:
+            s.close()
+    sent = sum(s.sent for s in streams)
     if received != sent:
         raise TransferError(f"receiver acknowledged {received} bytes, {sent} were sent")
+    stalled = sum(s.window.stalled_s for s in streams)
     return TransferStats(
         sent,
         export.manifest.num_chunks,
-        accept.start_tokens,
+        len(streams),
+        accepts[0].start_tokens,
         time.perf_counter() - t0,
-        window.stalled_s,
+        stalled,
         first,
     )
 
 
-async def _send_chunks(call: grpc.aio.StreamStreamCall, window: CreditWindow, export: PreparedExport) -> int:
-    sent = 0
-    for _ in range(export.manifest.num_chunks):
-        data = (await export.chunks.get()).to_bytes()
-        await window.acquire(len(data))
-        await call.write(decode_pb2.TransferKvRequest(chunk=data))
-        sent += len(data)
-    return sent
+async def _send_chunks(streams: list[_Stream], export: PreparedExport) -> None:
+    """One writer per stream pulls the next chunk when its previous write went out, so a stream
+    waiting for credit takes no more work and the others carry on."""
+    ready: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=len(streams))
+
+    async def pump() -> None:
+        for _ in range(export.manifest.num_chunks):
+            await ready.put((await export.chunks.get()).to_bytes())
+        for _ in streams:
+            await ready.put(None)
+
+    async def writer(stream: _Stream) -> None:
+        while (data := await ready.get()) is not None:
+            await stream.send(data)
+
+    await asyncio.gather(pump(), *(writer(s) for s in streams))
 
 
 async def _read(call: grpc.aio.StreamStreamCall) -> decode_pb2.TransferKvResponse:

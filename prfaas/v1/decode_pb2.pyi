@@ -42,14 +42,18 @@ class TransferKvRequest(_message.Message):
     def __init__(self, open: _Optional[_Union[TransferOpen, _Mapping]] = ..., manifest: _Optional[bytes] = ..., chunk: _Optional[bytes] = ..., commit: _Optional[_Union[TransferCommit, _Mapping]] = ...) -> None: ...
 
 class TransferOpen(_message.Message):
-    __slots__ = ("request_id", "epoch", "fingerprint")
+    __slots__ = ("request_id", "epoch", "fingerprint", "stream_index", "num_streams")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    STREAM_INDEX_FIELD_NUMBER: _ClassVar[int]
+    NUM_STREAMS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     epoch: int
     fingerprint: str
-    def __init__(self, request_id: _Optional[str] = ..., epoch: _Optional[int] = ..., fingerprint: _Optional[str] = ...) -> None: ...
+    stream_index: int
+    num_streams: int
+    def __init__(self, request_id: _Optional[str] = ..., epoch: _Optional[int] = ..., fingerprint: _Optional[str] = ..., stream_index: _Optional[int] = ..., num_streams: _Optional[int] = ...) -> None: ...
 
 class TransferCommit(_message.Message):
     __slots__ = ("first_token_id",)

@@ -30,7 +30,7 @@ class Pending:
 
     request: decode_pb2.DecodeRequest
     events: asyncio.Queue[TokenEvent]
-    started: asyncio.Event = field(default_factory=asyncio.Event)
+    importing: asyncio.Event = field(default_factory=asyncio.Event)  # set once the manifest is accepted
     kv_bytes: int = 0
 
 
@@ -95,7 +95,11 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
             accept=decode_pb2.TransferAccept(start_tokens=start, credit_bytes=self.settings.credit_window_bytes)
         )
         try:
-            async for msg in self._ingest(request_iterator, pending, start, salt):
+            if opened.stream_index == 0:
+                ingest = self._ingest(request_iterator, pending, start, salt)
+            else:
+                ingest = self._ingest_extra(request_iterator, pending)
+            async for msg in ingest:
                 yield msg
         except (WireError, InvalidRequest) as exc:
             await self.engine.call(lambda e: e.abort(rid))
@@ -115,11 +119,9 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
                         f"manifest for {manifest.request_id}@{manifest.start_tokens}, expected {rid}@{start}"
                     )
                 await self.engine.call(lambda e: e.begin_import(manifest, list(req.token_ids), params, salt))  # noqa: B023
+                pending.importing.set()
             elif kind == "chunk":
-                data = msg.chunk
-                await self.engine.call(lambda e: e.apply_chunk(KvChunk.decode(data)))  # noqa: B023 (awaited at once)
-                pending.kv_bytes += len(data)
-                yield decode_pb2.TransferKvResponse(credit_bytes=len(data))
+                yield await self._apply(pending, msg.chunk)
             elif kind == "commit":
                 token = msg.commit.first_token_id
                 ev = await self.engine.call(lambda e: e.finish_import(rid, token))  # noqa: B023
@@ -129,6 +131,25 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
             else:
                 raise WireError(f"unexpected {kind} message in transfer")
         raise WireError("sender closed the transfer before commit")
+
+    async def _apply(self, pending: Pending, data: bytes) -> decode_pb2.TransferKvResponse:
+        """Apply one chunk on the engine thread, then return its bytes as credit."""
+        await self.engine.call(lambda e: e.apply_chunk(KvChunk.decode(data)))
+        pending.kv_bytes += len(data)
+        return decode_pb2.TransferKvResponse(credit_bytes=len(data))
+
+    async def _ingest_extra(
+        self, requests: AsyncIterator[decode_pb2.TransferKvRequest], pending: Pending
+    ) -> AsyncIterator[decode_pb2.TransferKvResponse]:
+        """A parallel stream of a transfer: chunks only, applied once stream 0's manifest is in."""
+        try:
+            await asyncio.wait_for(pending.importing.wait(), self.settings.register_timeout_s)
+        except TimeoutError as exc:
+            raise WireError("the transfer's primary stream never sent its manifest") from exc
+        async for msg in requests:
+            if msg.WhichOneof("msg") != "chunk":
+                raise WireError("a parallel transfer stream carries only chunks")
+            yield await self._apply(pending, msg.chunk)
 
     async def MatchPrefix(
         self, request: decode_pb2.MatchPrefixRequest, context: grpc.aio.ServicerContext

@@ -167,7 +167,13 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
 
         stub = self._decode_stub(request.decode_address)
         stats = await send_state(
-            stub, rid, epoch, self.engine.engine.spec.fingerprint(), prepare, self.settings.transfer_timeout_s
+            stub,
+            rid,
+            epoch,
+            self.engine.engine.spec.fingerprint(),
+            prepare,
+            self.settings.transfer_timeout_s,
+            self.settings.transfer_streams,
         )
         self._publish(ids, salt, request.tenant_id, pool_blocks)
         return prefill_pb2.PrefillResponse(

@@ -17,9 +17,12 @@ class PrefillSettings(EngineSettings):
     cluster: str = "pd"  # "prfaas" or "pd": which cluster this worker belongs to
     pool: str = ""  # host:port of this cluster's cache pool (optional)
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    transfer_streams: int = 1  # parallel TCP streams per KV transfer (fills long, fat links)
     transfer_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         EngineSettings.__post_init__(self)
         if self.cluster not in ("prfaas", "pd"):
             raise ValueError(f"cluster must be 'prfaas' or 'pd', got {self.cluster!r}")
+        if not 1 <= self.transfer_streams <= 16:
+            raise ValueError("transfer_streams must be in 1..16")

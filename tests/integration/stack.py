@@ -31,7 +31,13 @@ class Stack:
 
 @asynccontextmanager
 async def local_stack(
-    threshold_tokens: int = 48, block_size: int = 16, num_decode: int = 1, **engine: int | str
+    threshold_tokens: int = 48,
+    block_size: int = 16,
+    num_decode: int = 1,
+    transfer_streams: int = 1,
+    credit_window_bytes: int = 32 << 20,
+    chunk_bytes: int = 4 << 20,
+    **engine: int | str,
 ) -> AsyncIterator[Stack]:
     started: list[Started] = []
     addresses: dict[str, str] = {}
@@ -45,7 +51,11 @@ async def local_stack(
     common = dict(block_size=block_size, max_prefill_tokens=block_size * 4, num_blocks=512, **engine)
     try:
         pools = [await add(f"pool-{c}", build_pool(CachePoolSettings())) for c in ("prfaas", "pd")]
-        decoders = [await add(f"decode-{i}", build_decode(DecodeSettings(**common))) for i in range(num_decode)]
+        decoders = [
+            await add(f"decode-{i}", build_decode(DecodeSettings(credit_window_bytes=credit_window_bytes, **common)))
+            for i in range(num_decode)
+        ]
+        common = {**common, "transfer_streams": transfer_streams, "chunk_bytes": chunk_bytes}
         prfaas = await add("prefill-prfaas", build_prefill(PrefillSettings(cluster="prfaas", pool=pools[0], **common)))
         pd = await add("prefill-pd", build_prefill(PrefillSettings(cluster="pd", pool=pools[1], **common)))
         router = await add(

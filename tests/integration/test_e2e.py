@@ -60,6 +60,15 @@ async def test_prefill_workers_publish_to_their_cluster_pool() -> None:
     assert stats.entries >= 6  # 6 full blocks of 16 tokens (+ their snapshots)
 
 
+async def test_parallel_streams_and_a_small_credit_window_give_the_same_tokens() -> None:
+    long_ = prompt(150, 4)
+    expected = offline([long_])
+    async with local_stack(threshold_tokens=48, transfer_streams=3, credit_window_bytes=8192, chunk_bytes=4096) as st:
+        got, route = await collect(st.router, request(long_))
+    assert got == expected[0] and route.route == common_pb2.ROUTE_PRFAAS
+    assert route.kv_bytes > 20 * 8192  # far more than one window: credits had to flow back
+
+
 async def test_sixteen_concurrent_requests_match_offline() -> None:
     prompts = [prompt(10 + 7 * i, 100 + i) for i in range(16)]
     expected = offline(prompts)
