@@ -22,6 +22,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     e.add_argument("--json", action="store_true")
     e.set_defaults(run=run_engine)
+    o = kinds.add_parser("overlap", help="how much of a KV transfer layer-wise streaming hides (real workers)")
+    o.add_argument("--prompt-tokens", type=int, default=8192)
+    o.add_argument("--threads", type=int, default=1, help="torch threads per engine")
+    o.add_argument("--json", action="store_true")
+    o.set_defaults(run=run_overlap)
+
+
+def run_overlap(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from prfaas.bench.overlap import format_overlap, run_overlap_bench
+
+    result = asyncio.run(run_overlap_bench(args.prompt_tokens, threads=args.threads))
+    print(json.dumps(result.as_dict()) if args.json else format_overlap(result))
+    return 0
 
 
 def run_engine(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ class PrefillRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., decode_address: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class PrefillResponse(_message.Message):
-    __slots__ = ("first_token_id", "cached_tokens", "receiver_cached_tokens", "kv_bytes", "num_chunks", "prefill_s", "transfer_s", "queue_s")
+    __slots__ = ("first_token_id", "cached_tokens", "receiver_cached_tokens", "kv_bytes", "num_chunks", "prefill_s", "transfer_s", "queue_s", "tail_s", "last_layer_bytes", "num_streams", "stalled_s")
     FIRST_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RECEIVER_CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,10 @@ class PrefillResponse(_message.Message):
     PREFILL_S_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_S_FIELD_NUMBER: _ClassVar[int]
     QUEUE_S_FIELD_NUMBER: _ClassVar[int]
+    TAIL_S_FIELD_NUMBER: _ClassVar[int]
+    LAST_LAYER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NUM_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    STALLED_S_FIELD_NUMBER: _ClassVar[int]
     first_token_id: int
     cached_tokens: int
     receiver_cached_tokens: int
@@ -41,7 +45,11 @@ class PrefillResponse(_message.Message):
     prefill_s: float
     transfer_s: float
     queue_s: float
-    def __init__(self, first_token_id: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., receiver_cached_tokens: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., num_chunks: _Optional[int] = ..., prefill_s: _Optional[float] = ..., transfer_s: _Optional[float] = ..., queue_s: _Optional[float] = ...) -> None: ...
+    tail_s: float
+    last_layer_bytes: int
+    num_streams: int
+    stalled_s: float
+    def __init__(self, first_token_id: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., receiver_cached_tokens: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., num_chunks: _Optional[int] = ..., prefill_s: _Optional[float] = ..., transfer_s: _Optional[float] = ..., queue_s: _Optional[float] = ..., tail_s: _Optional[float] = ..., last_layer_bytes: _Optional[int] = ..., num_streams: _Optional[int] = ..., stalled_s: _Optional[float] = ...) -> None: ...
 
 class GetLoadRequest(_message.Message):
     __slots__ = ()

@@ -15,7 +15,7 @@ from prfaas.engine.engine import Engine, ExportRequest, InvalidRequest, PoolBloc
 from prfaas.engine.factory import build_engine
 from prfaas.engine.sampling import SamplingParams
 from prfaas.kv.prefix import block_hashes
-from prfaas.kv.wire import KvChunk, KvManifest, WireError
+from prfaas.kv.wire import FULL_KV, KvChunk, KvManifest, WireError
 from prfaas.service.convert import check_request_id, check_tenant, sampling_from_pb, tenant_salt
 from prfaas.service.grpc_server import RunningServer, channel, start_server
 from prfaas.service.status import abort
@@ -136,11 +136,17 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
         pool_blocks = await self._fill_from_pool(ids, salt, request.tenant_id)
         events = self.engine.open_stream(rid)
         loop = asyncio.get_running_loop()
+        # What the last layer produces in the final prefill step must still travel after prefill ends.
+        last_layer = self.engine.engine.spec.layers[-1].index
+        step = self.engine.engine.config.max_prefill_tokens
+        final_start = (len(ids) - 1) // step * step
 
         async def prepare(start_tokens: int) -> PreparedExport:
             chunks: asyncio.Queue[KvChunk] = asyncio.Queue()
 
             def sink(chunk: KvChunk) -> None:  # runs on the engine thread
+                if chunk.key.layer == last_layer and (chunk.key.kind != FULL_KV or chunk.key.row_end > final_start):
+                    timing["last_layer_bytes"] = timing.get("last_layer_bytes", 0) + chunk.tensor.nbytes
                 loop.call_soon_threadsafe(chunks.put_nowait, chunk)
 
             export = ExportRequest(
@@ -151,6 +157,7 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
             )
 
             def admit(e: Engine) -> KvManifest:
+                timing["admitted"] = time.perf_counter()
                 timing["cached"] = e.match_prefix(ids, salt).num_tokens
                 e.add_request(ids, params, rid, salt, export)
                 return e.manifest(rid)
@@ -175,7 +182,10 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
             self.settings.transfer_timeout_s,
             self.settings.transfer_streams,
         )
+        done = time.perf_counter()
         self._publish(ids, salt, request.tenant_id, pool_blocks)
+        admitted = timing.get("admitted", timing["arrival"])
+        first = timing.get("first", done)
         return prefill_pb2.PrefillResponse(
             first_token_id=stats.first_token_id,
             cached_tokens=int(timing.get("cached", 0)),
@@ -183,7 +193,12 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
             kv_bytes=stats.kv_bytes,
             num_chunks=stats.num_chunks,
             transfer_s=stats.transfer_s,
-            prefill_s=timing.get("first", timing["arrival"]) - timing["arrival"],
+            prefill_s=first - admitted,
+            queue_s=admitted - timing["arrival"],
+            tail_s=done - first,
+            last_layer_bytes=int(timing.get("last_layer_bytes", 0)),
+            num_streams=stats.num_streams,
+            stalled_s=stats.stalled_s,
         )
 
     async def GetLoad(
