@@ -40,6 +40,11 @@ class Topology:
     router_port: int = 0
     time_scale: float = 0.01
     bytes_scale: float = 0.01
+    num_blocks: int = 2048  # KV blocks per engine
+    max_seqs: int = 32  # sequences per engine (the decode batch limit)
+    max_prefill_tokens: int = 2048  # prefill chunk per engine step
+    snapshot_every_blocks: int = 1
+    max_model_len: int = 0  # router-side prompt limit; 0 = the model's own
     pool_backend: str = "memory://?capacity_bytes=268435456"
 
     def __post_init__(self) -> None:
@@ -115,6 +120,14 @@ class LocalStack:
             str(t.time_scale),
             "--bytes-scale",
             str(t.bytes_scale),
+            "--num-blocks",
+            str(t.num_blocks),
+            "--max-seqs",
+            str(t.max_seqs),
+            "--max-prefill-tokens",
+            str(t.max_prefill_tokens),
+            "--snapshot-every-blocks",
+            str(t.snapshot_every_blocks),
         ]
 
     def _launch(self) -> None:
@@ -136,6 +149,8 @@ class LocalStack:
             str(t.threshold_tokens),
             "--block-size",
             str(t.block_size),
+            "--max-model-len",
+            str(t.max_model_len),
             "--decode",
             _join(decode),
             "--prfaas-prefill",

@@ -20,6 +20,7 @@ class EngineSettings:
     num_blocks: int = 2048
     max_seqs: int = 32
     max_prefill_tokens: int = 2048
+    snapshot_every_blocks: int = 1  # linear-state snapshots every N block boundaries
     threads: int = 1
     mock_role: str = "pd"  # which paper profile the mock follows: "prfaas" (H200) or "pd" (H20)
     time_scale: float = 0.01
@@ -37,6 +38,7 @@ class EngineSettings:
             num_blocks=self.num_blocks,
             max_seqs=self.max_seqs,
             max_prefill_tokens=self.max_prefill_tokens,
+            snapshot_every_blocks=self.snapshot_every_blocks,
         )
 
 

@@ -120,10 +120,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         bad = next((i for i, t in enumerate(ids) if t >= vocab), None)
         if bad is not None:
             raise BadRequest(f"token id {ids[bad]} at position {bad} is outside the vocabulary [0, {vocab})")
-        if len(ids) + max_new > self.model.max_position_embeddings:
+        limit = self.settings.max_model_len or self.model.max_position_embeddings
+        if len(ids) + max_new > limit:
             raise BadRequest(
                 f"prompt of {len(ids)} tokens plus max_new_tokens {max_new} exceeds the model's "
-                f"{self.model.max_position_embeddings}: shorten the prompt or lower max_new_tokens"
+                f"{limit}: shorten the prompt or lower max_new_tokens"
             )
 
     async def _decide(self, prompt: Prompt) -> tuple[RouteDecision, str]:

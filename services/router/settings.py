@@ -25,6 +25,7 @@ class RouterSettings:
     pd_pool: str = ""  # the PD cluster's cache pool (optional)
     threshold_tokens: int = 1024  # t: incremental length above which a request goes to PrfaaS
     block_size: int = 64  # must match the engines
+    max_model_len: int = 0  # prompt + output limit checked here; 0 = the model config's
     request_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
