@@ -63,9 +63,12 @@ async def start_server(
 
 
 async def serve_until_signal(
-    start: Callable[[], Awaitable[tuple[RunningServer, Callable[[], Awaitable[None]]]]], name: str
+    start: Callable[[], Awaitable[tuple[RunningServer, Callable[[], Awaitable[None]]]]],
+    name: str,
+    drain_timeout_s: float = 30.0,
 ) -> None:
-    """Start a service, print where it listens, and shut it down gracefully on SIGTERM/SIGINT."""
+    """Start a service, print where it listens, and shut it down gracefully on SIGTERM/SIGINT:
+    health turns NOT_SERVING, new RPCs are refused, in-flight ones get `drain_timeout_s` to finish."""
     running, cleanup = await start()
     print(f"{name} listening on port {running.port}", flush=True)
     stop = asyncio.Event()
@@ -73,8 +76,8 @@ async def serve_until_signal(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("%s draining", name)
-    await running.stop()
+    log.info("%s draining (up to %.0fs)", name, drain_timeout_s)
+    await running.stop(drain_timeout_s)
     await cleanup()
 
 

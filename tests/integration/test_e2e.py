@@ -134,3 +134,45 @@ async def test_cancel_mid_generation_frees_blocks_everywhere() -> None:
             await asyncio.sleep(0.01)
         assert during[0] < baseline[0] and during[1] == 1  # the decode worker held blocks while generating
         assert await _free_blocks(stack) == baseline
+
+
+async def test_every_service_serves_health_and_reflection() -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from prfaas.service.grpc_server import channel
+
+    expected = {
+        "router": "prfaas.v1.RouterService",
+        "decode-0": "prfaas.v1.DecodeService",
+        "prefill-pd": "prfaas.v1.PrefillService",
+        "pool-pd": "prfaas.v1.CachePoolService",
+    }
+    async with local_stack() as stack:
+        for name, service in expected.items():
+            ch = channel(stack.addresses[name])
+            health = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            stream = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+            names = [s.name async for r in stream for s in r.list_services_response.service]
+            assert service in names and "grpc.health.v1.Health" in names
+
+
+async def test_graceful_stop_lets_in_flight_requests_finish() -> None:
+    async with local_stack() as stack:
+        req = router_pb2.GenerateRequest(
+            token_ids=router_pb2.TokenIds(ids=prompt(30, 9)),
+            sampling=common_pb2.SamplingParams(max_new_tokens=40, ignore_eos=True),
+        )
+        call = stack.router.Generate(req, timeout=60)
+        first = await call.read()
+        stopping = asyncio.create_task(stack.servers["router"].stop(30))
+        rest = []
+        while (msg := await call.read()) is not grpc.aio.EOF:
+            rest.append(msg)
+        await stopping
+        assert len(first.token_ids) + sum(len(m.token_ids) for m in rest) == 40
+        with pytest.raises(grpc.aio.AioRpcError):
+            await collect(stack.router, request([1, 2, 3]))  # no new work once stopped
