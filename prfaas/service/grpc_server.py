@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger(__name__)
+S = TypeVar("S")
 MAX_MESSAGE_BYTES = 64 << 20
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -83,3 +86,23 @@ async def serve_until_signal(
 
 def channel(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+def run_service(
+    settings_cls: type[S],
+    build: Callable[[S], Awaitable[tuple[RunningServer, Callable[[], Awaitable[None]]]]],
+    name: str,
+    prog: str,
+) -> None:
+    """The body of every `python -m services.<name>`: settings from flags/env, uvloop, serve until signalled."""
+    import uvloop
+
+    from prfaas.service.settings import SettingsError, parse_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        settings = parse_settings(settings_cls, prog=prog)
+    except SettingsError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    uvloop.run(serve_until_signal(lambda: build(settings), name))
