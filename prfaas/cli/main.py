@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from prfaas.cli import bench, demo, generate, plan, up
+from prfaas.cli import bench, demo, generate, plan, simulate, up
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_parser(sub)
     bench.add_parser(sub)
     plan.add_parser(sub)
+    simulate.add_parser(sub)
     up.add_parser(sub)
     demo.add_parser(sub)
     return parser
