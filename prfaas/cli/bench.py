@@ -22,11 +22,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     e.add_argument("--json", action="store_true")
     e.set_defaults(run=run_engine)
+    t = kinds.add_parser("transfer", help="KV transfer over the gRPC path vs raw TCP, same bytes, loopback")
+    t.add_argument("--total-mib", type=int, default=256)
+    t.add_argument("--chunk-mib", type=int, default=4)
+    t.add_argument("--streams", type=int, default=1)
+    t.add_argument("--repeats", type=int, default=3)
+    t.add_argument("--json", action="store_true", help="print grpc_gbps, tcp_gbps, ratio (and the rest) as JSON")
+    t.set_defaults(run=run_transfer)
     o = kinds.add_parser("overlap", help="how much of a KV transfer layer-wise streaming hides (real workers)")
     o.add_argument("--prompt-tokens", type=int, default=8192)
     o.add_argument("--threads", type=int, default=1, help="torch threads per engine")
     o.add_argument("--json", action="store_true")
     o.set_defaults(run=run_overlap)
+
+
+def run_transfer(args: argparse.Namespace) -> int:
+    import asyncio
+    import dataclasses
+
+    from prfaas.bench.transfer import format_transfer_table, run_transfer_bench
+
+    result = asyncio.run(
+        run_transfer_bench(args.total_mib << 20, args.chunk_mib << 20, repeats=args.repeats, num_streams=args.streams)
+    )
+    print(json.dumps(dataclasses.asdict(result)) if args.json else format_transfer_table(result))
+    return 0
 
 
 def run_overlap(args: argparse.Namespace) -> int:

@@ -12,6 +12,8 @@ import asyncio
 import logging
 import queue
 import threading
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -39,6 +41,7 @@ class AsyncEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self.decode_steps: deque[tuple[int, float]] = deque(maxlen=256)  # (batch, seconds), measured
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -96,7 +99,12 @@ class AsyncEngine:
         try:
             while self._drain(block=not self.engine.has_work):
                 if self.engine.has_work:
-                    self._dispatch(self.engine.step())
+                    t0 = time.perf_counter()
+                    events = self.engine.step()
+                    kind, batch = self.engine.last_step
+                    if kind == "decode":
+                        self.decode_steps.append((batch, time.perf_counter() - t0))
+                    self._dispatch(events)
         except BaseException as exc:  # the loop must learn that the engine died
             log.exception("%s crashed", self.name)
             self._error = exc

@@ -97,6 +97,7 @@ class Engine:
         self._by_id: dict[str, Sequence] = {}
         self._ids = itertools.count()
         self._last_was_prefill = False
+        self.last_step: tuple[str, int] = ("idle", 0)  # kind and batch size of the latest step
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, config: EngineConfig | None = None) -> Engine:
@@ -222,9 +223,13 @@ class Engine:
         run_prefill = bool(self.prefilling) and (not self.decoding or not self._last_was_prefill)
         self._last_was_prefill = run_prefill
         if run_prefill:
+            self.last_step = ("prefill", 1)
             return self._prefill_step(self.prefilling[0])
         if self.decoding:
-            return self._decode_step(self.decoding[: self.config.max_seqs])
+            batch = self.decoding[: self.config.max_seqs]
+            self.last_step = ("decode", len(batch))
+            return self._decode_step(batch)
+        self.last_step = ("idle", 0)
         return []
 
     def generate(

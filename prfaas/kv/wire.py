@@ -110,7 +110,7 @@ class KvChunk:
         return [CHUNK_MAGIC + struct.pack("<I", len(blob)) + blob, payload]
 
     def to_bytes(self) -> bytes:
-        return b"".join(bytes(part) for part in self.encode())
+        return b"".join(self.encode())  # one copy: header + payload view
 
     @classmethod
     def decode(cls, data: bytes | memoryview) -> KvChunk:

@@ -37,7 +37,7 @@ class CreditWindow:
         """Wait until every byte sent has been credited back (applied by the receiver)."""
         async with self._changed:
             await self._changed.wait_for(lambda: self.error is not None or self.in_flight == 0)
-            if self.error is not None:
+            if self.in_flight > 0 and self.error is not None:
                 raise self.error
 
     async def acquire(self, num_bytes: int) -> None:

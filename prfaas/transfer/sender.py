@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from prfaas.kv.wire import KvChunk, KvManifest
+from prfaas.kv.wire import KvManifest
 from prfaas.transfer.flow import CreditWindow
 from prfaas.v1 import decode_pb2, decode_pb2_grpc
 
@@ -36,7 +36,7 @@ class PreparedExport:
     """What the prefill side hands the sender once it knows the receiver's prefix."""
 
     manifest: KvManifest
-    chunks: asyncio.Queue[KvChunk]
+    chunks: asyncio.Queue[bytes]  # encoded chunks (encoded off the event loop, on the engine thread)
     first_token: Awaitable[int]
 
 
@@ -142,7 +142,7 @@ async def _send_chunks(streams: list[_Stream], export: PreparedExport) -> None:
 
     async def pump() -> None:
         for _ in range(export.manifest.num_chunks):
-            await ready.put((await export.chunks.get()).to_bytes())
+            await ready.put(await export.chunks.get())
         for _ in streams:
             await ready.put(None)
 
@@ -165,7 +165,17 @@ async def _read(call: grpc.aio.StreamStreamCall) -> decode_pb2.TransferKvRespons
 async def _read_credits(call: grpc.aio.StreamStreamCall, window: CreditWindow, done: asyncio.Future[int]) -> None:
     try:
         while True:
-            msg = await _read(call)
+            msg = await call.read()
+            if msg is grpc.aio.EOF:
+                code = await call.code()
+                if code == grpc.StatusCode.OK and window.in_flight == 0:  # a parallel stream's normal end
+                    if not done.done():
+                        done.set_result(0)
+                    return
+                raise TransferError(
+                    f"receiver closed the transfer: {code.name if code else 'EOF'} {await call.details()}"
+                )
+            assert isinstance(msg, decode_pb2.TransferKvResponse)
             kind = msg.WhichOneof("msg")
             if kind == "credit_bytes":
                 await window.grant(msg.credit_bytes)

@@ -104,9 +104,19 @@ class GetDecodeLoadRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetDecodeLoadResponse(_message.Message):
-    __slots__ = ("active", "free_blocks")
+    __slots__ = ("active", "free_blocks", "samples")
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     FREE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
     active: int
     free_blocks: int
-    def __init__(self, active: _Optional[int] = ..., free_blocks: _Optional[int] = ...) -> None: ...
+    samples: _containers.RepeatedCompositeFieldContainer[DecodeStepSample]
+    def __init__(self, active: _Optional[int] = ..., free_blocks: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[DecodeStepSample, _Mapping]]] = ...) -> None: ...
+
+class DecodeStepSample(_message.Message):
+    __slots__ = ("batch", "seconds")
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    batch: int
+    seconds: float
+    def __init__(self, batch: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...

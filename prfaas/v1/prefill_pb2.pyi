@@ -56,11 +56,23 @@ class GetLoadRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetLoadResponse(_message.Message):
-    __slots__ = ("queue_depth", "queued_tokens", "free_blocks")
+    __slots__ = ("queue_depth", "queued_tokens", "free_blocks", "samples")
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     QUEUED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     FREE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
     queue_depth: int
     queued_tokens: int
     free_blocks: int
-    def __init__(self, queue_depth: _Optional[int] = ..., queued_tokens: _Optional[int] = ..., free_blocks: _Optional[int] = ...) -> None: ...
+    samples: _containers.RepeatedCompositeFieldContainer[PrefillSample]
+    def __init__(self, queue_depth: _Optional[int] = ..., queued_tokens: _Optional[int] = ..., free_blocks: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[PrefillSample, _Mapping]]] = ...) -> None: ...
+
+class PrefillSample(_message.Message):
+    __slots__ = ("tokens", "seconds", "kv_bytes")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    KV_BYTES_FIELD_NUMBER: _ClassVar[int]
+    tokens: int
+    seconds: float
+    kv_bytes: int
+    def __init__(self, tokens: _Optional[int] = ..., seconds: _Optional[float] = ..., kv_bytes: _Optional[int] = ...) -> None: ...

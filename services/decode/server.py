@@ -161,8 +161,9 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
     async def GetDecodeLoad(
         self, request: decode_pb2.GetDecodeLoadRequest, context: grpc.aio.ServicerContext
     ) -> decode_pb2.GetDecodeLoadResponse:
+        samples = [decode_pb2.DecodeStepSample(batch=b, seconds=s) for b, s in list(self.engine.decode_steps)[-64:]]
         return decode_pb2.GetDecodeLoadResponse(
-            active=len(self.pending), free_blocks=self.engine.engine.cache.blocks.num_free
+            active=len(self.pending), free_blocks=self.engine.engine.cache.blocks.num_free, samples=samples
         )
 
 

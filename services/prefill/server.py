@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -38,6 +39,7 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
         self._queued_tokens = 0
         self._active = 0
         self._publishing: set[asyncio.Task[None]] = set()
+        self.samples: deque[prefill_pb2.PrefillSample] = deque(maxlen=128)
         self.pool = cachepool_pb2_grpc.CachePoolServiceStub(channel(settings.pool)) if settings.pool else None
 
     async def _fill_from_pool(self, ids: list[int], salt: bytes, tenant: str) -> int:
@@ -142,12 +144,12 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
         final_start = (len(ids) - 1) // step * step
 
         async def prepare(start_tokens: int) -> PreparedExport:
-            chunks: asyncio.Queue[KvChunk] = asyncio.Queue()
+            chunks: asyncio.Queue[bytes] = asyncio.Queue()
 
             def sink(chunk: KvChunk) -> None:  # runs on the engine thread
                 if chunk.key.layer == last_layer and (chunk.key.kind != FULL_KV or chunk.key.row_end > final_start):
                     timing["last_layer_bytes"] = timing.get("last_layer_bytes", 0) + chunk.tensor.nbytes
-                loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+                loop.call_soon_threadsafe(chunks.put_nowait, chunk.to_bytes())  # CRC + copy off the loop
 
             export = ExportRequest(
                 sink,
@@ -186,6 +188,10 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
         self._publish(ids, salt, request.tenant_id, pool_blocks)
         admitted = timing.get("admitted", timing["arrival"])
         first = timing.get("first", done)
+        computed = len(ids) - int(timing.get("cached", 0))
+        self.samples.append(
+            prefill_pb2.PrefillSample(tokens=computed, seconds=first - admitted, kv_bytes=stats.kv_bytes)
+        )
         return prefill_pb2.PrefillResponse(
             first_token_id=stats.first_token_id,
             cached_tokens=int(timing.get("cached", 0)),
@@ -208,6 +214,7 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
             queue_depth=self._active,
             queued_tokens=self._queued_tokens,
             free_blocks=self.engine.engine.cache.blocks.num_free,
+            samples=list(self.samples),
         )
 
 

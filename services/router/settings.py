@@ -27,6 +27,10 @@ class RouterSettings:
     block_size: int = 64  # must match the engines
     max_model_len: int = 0  # prompt + output limit checked here; 0 = the model config's
     request_timeout_s: float = 300.0
+    policy: str = "prfaas"  # prfaas, prfaas-static-t, prfaas-no-cache, prfaas-no-short, homogeneous, naive
+    link_gbps: float = 100.0  # capacity of the PrfaaS -> PD link (utilization = measured egress / this)
+    prfaas_queue_limit: int = 4  # per PrfaaS prefill worker: above it t rises / traffic stays local
+    replan_period_s: float = 30.0  # long timescale: re-fit profiles and re-plan t; 0 disables
 
     def __post_init__(self) -> None:
         if not split_addresses(self.decode):
@@ -35,3 +39,9 @@ class RouterSettings:
             raise ValueError("at least one prefill worker is required (--pd-prefill or --prfaas-prefill)")
         if self.threshold_tokens < 0:
             raise ValueError("threshold_tokens must be >= 0")
+        from prfaas.sched.policy import POLICIES
+
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; choose from {', '.join(POLICIES)}")
+        if self.link_gbps <= 0 or self.prfaas_queue_limit < 1 or self.replan_period_s < 0:
+            raise ValueError("link_gbps and prfaas_queue_limit must be positive, replan_period_s >= 0")

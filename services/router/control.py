@@ -1,0 +1,99 @@
+"""The router's control state: the routing policy, the measured link and queues, and the long
+timescale loop that re-fits profiles and re-plans t (paper §3.4.3)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from prfaas.sched.egress import EgressMeter
+from prfaas.sched.fit import DecodeSample, PrefillSample, fit_profile
+from prfaas.sched.policy import ClusterState, Decision, PeriodObservation, RequestView, make_policy
+from prfaas.sched.routing import PRFAAS
+from services.router.settings import RouterSettings
+
+log = logging.getLogger(__name__)
+HISTORY = 2000
+
+
+class RouterControl:
+    def __init__(self, settings: RouterSettings, n_prfaas: int, n_prefill: int, n_decode: int) -> None:
+        self.settings = settings
+        self.policy = make_policy(settings.policy, settings.threshold_tokens)
+        self.egress = EgressMeter(settings.link_gbps)
+        self.counts = (n_prfaas, n_prefill, n_decode)
+        self.in_flight = {PRFAAS: 0, "local": 0}  # routed, prefill not yet acknowledged
+        self.incremental: deque[float] = deque(maxlen=HISTORY)
+        self.prompts: deque[float] = deque(maxlen=HISTORY)
+        self.output_tokens: deque[int] = deque(maxlen=HISTORY)
+        self.samples: dict[str, list[PrefillSample]] = {PRFAAS: [], "local": []}
+        self.decode_samples: list[DecodeSample] = []
+        self.replans = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def state(self, prfaas_available: bool) -> ClusterState:
+        n_prfaas, n_prefill, n_decode = self.counts
+        return ClusterState(
+            prfaas_available=prfaas_available,
+            egress_utilization=self.egress.utilization(),
+            link_gbps=self.settings.link_gbps,
+            prfaas_queue_depth=self.in_flight[PRFAAS],
+            prfaas_queue_limit=self.settings.prfaas_queue_limit * max(n_prfaas, 1),
+            pd_queue_depth=self.in_flight["local"],
+            n_prefill=n_prefill,
+            n_decode=n_decode,
+        )
+
+    def decide(self, req: RequestView, prfaas_available: bool) -> Decision:
+        self.incremental.append(float(req.prompt_tokens - req.cached_pd_tokens))
+        self.prompts.append(float(req.prompt_tokens))
+        return self.policy.route(req, self.state(prfaas_available))
+
+    def started(self, route: str) -> None:
+        self.in_flight[route] += 1
+
+    def prefilled(self, route: str, kv_bytes: int, transfer_s: float) -> None:
+        self.in_flight[route] -= 1
+        if route == PRFAAS:
+            self.egress.record(kv_bytes, transfer_s)
+
+    # -- long timescale -----------------------------------------------------------------------------
+    def observation(self) -> PeriodObservation | None:
+        """None until both clusters' profiles can be fitted from worker measurements."""
+        prfaas = fit_profile("prfaas", self.samples[PRFAAS][-256:])
+        pd = fit_profile("pd", self.samples["local"][-256:], self.decode_samples[-256:])
+        if prfaas is None or pd is None or pd.decode is None or not self.incremental:
+            return None
+        n_prfaas, n_prefill, n_decode = self.counts
+        out = sum(self.output_tokens) / len(self.output_tokens) if self.output_tokens else 128.0
+        return PeriodObservation(
+            tuple(self.incremental), tuple(self.prompts), self.settings.link_gbps, n_prfaas, n_prefill, n_decode,
+            out, prfaas, pd,
+        )
+
+    def replan(self) -> bool:
+        obs = self.observation()
+        if obs is None:
+            return False
+        self.policy.update(obs)
+        self.replans += 1
+        split = self.policy.recommended_split
+        log.info("re-planned: t=%.0f tokens, recommended split %s", self.policy.threshold_tokens, split)
+        return True
+
+    def start(self) -> None:
+        if self.settings.replan_period_s > 0:
+            self._task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.replan_period_s)
+            try:
+                await asyncio.to_thread(self.replan)
+            except Exception:  # a failed re-plan keeps the last plan
+                log.exception("re-planning failed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
