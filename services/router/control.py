@@ -68,8 +68,15 @@ class RouterControl:
         n_prfaas, n_prefill, n_decode = self.counts
         out = sum(self.output_tokens) / len(self.output_tokens) if self.output_tokens else 128.0
         return PeriodObservation(
-            tuple(self.incremental), tuple(self.prompts), self.settings.link_gbps, n_prfaas, n_prefill, n_decode,
-            out, prfaas, pd,
+            tuple(self.incremental),
+            tuple(self.prompts),
+            self.settings.link_gbps,
+            n_prfaas,
+            n_prefill,
+            n_decode,
+            out,
+            prfaas,
+            pd,
         )
 
     def replan(self) -> bool:

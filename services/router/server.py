@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
 
 import grpc
 
@@ -16,26 +16,41 @@ from prfaas.model.checkpoint import read_config
 from prfaas.model.config import ModelConfig
 from prfaas.model.tiny import resolve_model
 from prfaas.model.tokenizer import Tokenizer, load_tokenizer
-from prfaas.sched.routing import PRFAAS, RouteDecision, WorkerView, pick_worker, route_by_threshold
+from prfaas.sched.fit import DecodeSample
+from prfaas.sched.policy import Decision, RequestView
+from prfaas.sched.routing import LOCAL, PRFAAS, WorkerView, pick_worker
 from prfaas.service.convert import check_request_id, check_tenant, sampling_from_pb, tenant_salt
 from prfaas.service.grpc_server import RunningServer, channel, start_server
 from prfaas.service.status import abort
 from prfaas.v1 import (
-    cachepool_pb2,
-    cachepool_pb2_grpc,
     common_pb2,
     decode_pb2,
     decode_pb2_grpc,
     prefill_pb2,
-    prefill_pb2_grpc,
     router_pb2,
     router_pb2_grpc,
 )
+from services.router.cluster import Cluster, PrefillView
+from services.router.control import RouterControl
 from services.router.settings import RouterSettings, split_addresses
 
 
 class BadRequest(ValueError):
     """The client's request is invalid; the message says what to fix."""
+
+
+def _unavailable(message: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), message)
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """Where one request goes: the policy's decision, the decode worker and the prefill worker."""
+
+    decision: Decision
+    decoder: str
+    prefill: str
+    prompt_tokens: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,54 +60,17 @@ class Prompt:
     token_ids: list[int]
 
 
-class Cluster:
-    """gRPC stubs for a set of workers (and an optional pool) of one cluster."""
-
-    def __init__(self, prefill: Sequence[str], pool: str) -> None:
-        self.prefill = {a: prefill_pb2_grpc.PrefillServiceStub(channel(a)) for a in prefill}
-        self.pool = cachepool_pb2_grpc.CachePoolServiceStub(channel(pool)) if pool else None
-
-    async def cached_tokens(self, hashes: list[bytes], prompt: Prompt, block_size: int) -> int:
-        if self.pool is None or not hashes:
-            return 0
-        req = cachepool_pb2.LookupPrefixRequest(
-            tenant_id=prompt.tenant_id, block_hashes=hashes, prompt_tokens=len(prompt.token_ids), block_size=block_size
-        )
-        try:
-            return int((await self.pool.LookupPrefix(req, timeout=2.0)).num_tokens)
-        except grpc.aio.AioRpcError:
-            return 0  # a pool that is down means no cache, not a failed request
-
-    async def pick_prefill(self) -> str:
-        async def load(addr: str) -> WorkerView:
-            resp = await self.prefill[addr].GetLoad(prefill_pb2.GetLoadRequest(), timeout=2.0)
-            return WorkerView(addr, resp.queue_depth)
-
-        views = await _gather_ok([load(a) for a in self.prefill])
-        if not views:
-            raise grpc.aio.AioRpcError(
-                grpc.StatusCode.UNAVAILABLE,
-                grpc.aio.Metadata(),
-                grpc.aio.Metadata(),
-                "no prefill worker of the cluster answers",
-            )
-        return pick_worker(views, cache_affine=False).address
-
-
-async def _gather_ok(coros: Sequence[Awaitable[WorkerView]]) -> list[WorkerView]:
-    results = await asyncio.gather(*coros, return_exceptions=True)
-    return [r for r in results if isinstance(r, WorkerView)]
-
-
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
         folder = resolve_model(settings.model)
         self.model: ModelConfig = read_config(folder)
         self.tokenizer: Tokenizer | None = load_tokenizer(settings.model, folder)
-        self.prfaas = Cluster(split_addresses(settings.prfaas_prefill), settings.prfaas_pool)
-        self.pd = Cluster(split_addresses(settings.pd_prefill), settings.pd_pool)
+        self.prfaas = Cluster(PRFAAS, split_addresses(settings.prfaas_prefill), settings.prfaas_pool)
+        self.pd = Cluster(LOCAL, split_addresses(settings.pd_prefill), settings.pd_pool)
+        self.clusters = {PRFAAS: self.prfaas, LOCAL: self.pd}
         self.decode = {a: decode_pb2_grpc.DecodeServiceStub(channel(a)) for a in split_addresses(settings.decode)}
+        self.control = RouterControl(settings, len(self.prfaas.prefill), len(self.pd.prefill), len(self.decode))
 
     def _prompt(self, request: router_pb2.GenerateRequest) -> Prompt:
         rid = request.request_id or f"req-{uuid.uuid4().hex[:16]}"
@@ -127,27 +105,45 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 f"{limit}: shorten the prompt or lower max_new_tokens"
             )
 
-    async def _decide(self, prompt: Prompt) -> tuple[RouteDecision, str]:
-        hashes = block_hashes(prompt.token_ids, self.settings.block_size, tenant_salt(prompt.tenant_id))
-        cached_prfaas, cached_pd, decoders = await asyncio.gather(
-            self.prfaas.cached_tokens(hashes, prompt, self.settings.block_size),
-            self.pd.cached_tokens(hashes, prompt, self.settings.block_size),
+    async def _decide(self, prompt: Prompt) -> Routed:
+        """Ask both clusters and every decode worker, then let the routing policy choose (short timescale)."""
+        tenant, n = prompt.tenant_id, len(prompt.token_ids)
+        hashes = block_hashes(prompt.token_ids, self.settings.block_size, tenant_salt(tenant))
+        cached_prfaas, cached_pd, decoders, prfaas_views, pd_views = await asyncio.gather(
+            self.prfaas.cached_tokens(tenant, hashes, n, self.settings.block_size),
+            self.pd.cached_tokens(tenant, hashes, n, self.settings.block_size),
             self._decode_views(prompt),
+            self.prfaas.views(),
+            self.pd.views(),
         )
+        self._record_samples(prfaas_views, pd_views)
         decoder = pick_worker(decoders, cache_affine=True)
-        cached_pd = max(cached_pd, decoder.cached_tokens)
-        decision = route_by_threshold(
-            len(prompt.token_ids),
-            cached_pd,
-            cached_prfaas,
-            self.settings.threshold_tokens,
-            prfaas_available=bool(self.prfaas.prefill),
-            local_available=bool(self.pd.prefill),
-        )
-        return decision, decoder.address
+        decision = self.control.decide(RequestView(n, cached_pd, cached_prfaas), prfaas_available=bool(prfaas_views))
+        views = {PRFAAS: prfaas_views, LOCAL: pd_views}
+        if not views[decision.route]:  # e.g. naive with PrfaaS down, or no local prefill worker
+            other = LOCAL if decision.route == PRFAAS else PRFAAS
+            if not views[other]:
+                raise _unavailable("no prefill worker answers")
+            decision = replace(decision, route=other, reason=f"{decision.reason}; no {decision.route} worker answers")
+        if (
+            decision.move_prefix
+            and decision.cache_cluster in self.clusters
+            and decision.cache_cluster != decision.route
+        ):
+            blocks = max(cached_prfaas, cached_pd) // self.settings.block_size
+            await self.clusters[decision.cache_cluster].copy_prefix_to(
+                self.clusters[decision.route], tenant, hashes[:blocks]
+            )
+        prefill = pick_worker([v.worker for v in views[decision.route]], cache_affine=False).address
+        return Routed(decision, decoder.address, prefill, n)
+
+    def _record_samples(self, prfaas_views: list[PrefillView], pd_views: list[PrefillView]) -> None:
+        """Keep the workers' latest measurements for the long timescale's profile fit."""
+        self.control.samples[PRFAAS] = [s for v in prfaas_views for s in v.samples]
+        self.control.samples[LOCAL] = [s for v in pd_views for s in v.samples]
 
     async def _decode_views(self, prompt: Prompt) -> list[WorkerView]:
-        async def view(addr: str) -> WorkerView:
+        async def view(addr: str) -> tuple[WorkerView, list[DecodeSample]]:
             stub = self.decode[addr]
             load, match = await asyncio.gather(
                 stub.GetDecodeLoad(decode_pb2.GetDecodeLoadRequest(), timeout=2.0),
@@ -155,14 +151,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     decode_pb2.MatchPrefixRequest(tenant_id=prompt.tenant_id, token_ids=prompt.token_ids), timeout=2.0
                 ),
             )
-            return WorkerView(addr, load.active, match.cached_tokens)
+            samples = [DecodeSample(x.batch, x.seconds) for x in load.samples]
+            return WorkerView(addr, load.active, match.cached_tokens), samples
 
-        views = await _gather_ok([view(a) for a in self.decode])
-        if not views:
-            raise grpc.aio.AioRpcError(
-                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "no decode worker answers"
-            )
-        return views
+        results = await asyncio.gather(*(view(a) for a in self.decode), return_exceptions=True)
+        answered = [r for r in results if isinstance(r, tuple)]
+        if not answered:
+            raise _unavailable("no decode worker answers")
+        self.control.decode_samples = [x for _, samples in answered for x in samples]
+        return [w for w, _ in answered]
 
     async def Generate(
         self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext
@@ -192,9 +189,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def _serve(
         self, prompt: Prompt, sampling: common_pb2.SamplingParams, timeout: float, arrival: float
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
-        decision, decoder = await self._decide(prompt)
-        cluster = self.prfaas if decision.route == PRFAAS else self.pd
-        prefill_addr = await cluster.pick_prefill()
+        routed = await self._decide(prompt)
+        decision, decoder, prefill_addr = routed.decision, routed.decoder, routed.prefill
+        cluster = self.clusters[decision.route]
+        self.control.started(decision.route)
+        prefilled = False
         decode_call = self.decode[decoder].Decode(
             decode_pb2.DecodeRequest(
                 request_id=prompt.request_id, tenant_id=prompt.tenant_id, token_ids=prompt.token_ids, sampling=sampling
@@ -220,12 +219,17 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 route = None
                 if not ids:
                     done = await prefill
-                    route = self._route_info(decision, done, prefill_addr, decoder, time.perf_counter() - arrival)
+                    prefilled = True
+                    self.control.prefilled(decision.route, done.kv_bytes, done.transfer_s)
+                    route = self._route_info(routed, done, time.perf_counter() - arrival)
                 text = self._delta(ids, list(resp.token_ids))
                 yield router_pb2.GenerateResponse(
                     token_ids=resp.token_ids, text=text, finish_reason=resp.finish_reason, route=route
                 )
+            self.control.output_tokens.append(len(ids))
         finally:
+            if not prefilled:
+                self.control.prefilled(decision.route, 0, 0.0)
             decode_call.cancel()
             prefill.cancel()
 
@@ -237,18 +241,17 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         ids.extend(new)
         return self.tokenizer.decode(ids)[len(before) :]
 
-    def _route_info(
-        self, d: RouteDecision, done: prefill_pb2.PrefillResponse, prefill_addr: str, decoder: str, ttft_s: float
-    ) -> router_pb2.RouteInfo:
+    def _route_info(self, r: Routed, done: prefill_pb2.PrefillResponse, ttft_s: float) -> router_pb2.RouteInfo:
+        d = r.decision
         return router_pb2.RouteInfo(
             route=common_pb2.ROUTE_PRFAAS if d.route == PRFAAS else common_pb2.ROUTE_LOCAL,
             reason=d.reason,
             cached_tokens=max(done.cached_tokens, done.receiver_cached_tokens),
             kv_bytes=done.kv_bytes,
             ttft_s=ttft_s,
-            prompt_tokens=d.prompt_tokens,
-            prefill_worker=prefill_addr,
-            decode_worker=decoder,
+            prompt_tokens=r.prompt_tokens,
+            prefill_worker=r.prefill,
+            decode_worker=r.decoder,
         )
 
 
@@ -269,6 +272,7 @@ async def _race(
 
 async def build_server(settings: RouterSettings) -> tuple[RunningServer, Callable[[], Awaitable[None]]]:
     servicer = RouterServicer(settings)
+    servicer.control.start()
     running = await start_server(
         settings.host,
         settings.port,
@@ -276,7 +280,5 @@ async def build_server(settings: RouterSettings) -> tuple[RunningServer, Callabl
         [router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name],
     )
 
-    async def cleanup() -> None:
-        return None
-
-    return running, cleanup
+    running.servicer = servicer
+    return running, servicer.control.stop

@@ -37,6 +37,7 @@ async def local_stack(
     transfer_streams: int = 1,
     credit_window_bytes: int = 32 << 20,
     chunk_bytes: int = 4 << 20,
+    router: dict[str, object] | None = None,
     **engine: int | str,
 ) -> AsyncIterator[Stack]:
     started: list[Started] = []
@@ -69,6 +70,7 @@ async def local_stack(
                     pd_pool=pools[1],
                     threshold_tokens=threshold_tokens,
                     block_size=block_size,
+                    **(router or {}),  # type: ignore[arg-type]
                 )
             ),
         )
