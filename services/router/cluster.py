@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -29,9 +29,12 @@ async def gather_ok(coros: Sequence[Awaitable[PrefillView]]) -> list[PrefillView
 
 
 class Cluster:
-    def __init__(self, name: str, prefill: Sequence[str], pool: str) -> None:
+    def __init__(
+        self, name: str, prefill: Sequence[str], pool: str, members: Callable[[], Sequence[str]] | None = None
+    ) -> None:
         self.name = name
         self.prefill = {a: prefill_pb2_grpc.PrefillServiceStub(channel(a)) for a in prefill}
+        self.members = members or (lambda: list(self.prefill))  # workers currently in the prefill role
         self.pool = cachepool_pb2_grpc.CachePoolServiceStub(channel(pool)) if pool else None
 
     async def cached_tokens(self, tenant: str, hashes: list[bytes], prompt_tokens: int, block_size: int) -> int:
@@ -53,7 +56,7 @@ class Cluster:
             samples = tuple(PrefillSample(s.tokens, s.seconds, s.kv_bytes) for s in resp.samples)
             return PrefillView(WorkerView(addr, resp.queue_depth), samples)
 
-        return await gather_ok([probe(a) for a in self.prefill])
+        return await gather_ok([probe(a) for a in self.members()])
 
     async def copy_prefix_to(self, other: Cluster, tenant: str, hashes: list[bytes]) -> int:
         """Cross-cluster prefix transfer (§3.4.3): blocks this pool holds, put into the other's pool."""

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 
 from prfaas.sched.egress import EgressMeter
 from prfaas.sched.fit import DecodeSample, PrefillSample, fit_profile
-from prfaas.sched.policy import ClusterState, Decision, PeriodObservation, RequestView, make_policy
+from prfaas.sched.policy import ClusterState, Decision, PeriodObservation, RequestView, Split, make_policy
 from prfaas.sched.routing import PRFAAS
 from services.router.settings import RouterSettings
 
@@ -18,11 +19,17 @@ HISTORY = 2000
 
 
 class RouterControl:
-    def __init__(self, settings: RouterSettings, n_prfaas: int, n_prefill: int, n_decode: int) -> None:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        n_prfaas: int,
+        split: Callable[[], Split],
+        rebalance: Callable[[Split], Awaitable[int]] | None = None,
+    ) -> None:
         self.settings = settings
         self.policy = make_policy(settings.policy, settings.threshold_tokens)
         self.egress = EgressMeter(settings.link_gbps)
-        self.counts = (n_prfaas, n_prefill, n_decode)
+        self.n_prfaas, self._split, self._rebalance = n_prfaas, split, rebalance
         self.in_flight = {PRFAAS: 0, "local": 0}  # routed, prefill not yet acknowledged
         self.incremental: deque[float] = deque(maxlen=HISTORY)
         self.prompts: deque[float] = deque(maxlen=HISTORY)
@@ -31,6 +38,11 @@ class RouterControl:
         self.decode_samples: list[DecodeSample] = []
         self.replans = 0
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def counts(self) -> tuple[int, int, int]:
+        split = self._split()
+        return self.n_prfaas, split.n_prefill, split.n_decode
 
     def state(self, prfaas_available: bool) -> ClusterState:
         n_prfaas, n_prefill, n_decode = self.counts
@@ -97,9 +109,18 @@ class RouterControl:
         while True:
             await asyncio.sleep(self.settings.replan_period_s)
             try:
-                await asyncio.to_thread(self.replan)
+                await self.replan_and_rebalance()
             except Exception:  # a failed re-plan keeps the last plan
                 log.exception("re-planning failed")
+
+    async def replan_and_rebalance(self) -> int:
+        """Re-plan off the event loop, then convert PD workers toward the recommended split."""
+        if not await asyncio.to_thread(self.replan):
+            return 0
+        target = self.policy.recommended_split
+        if target is None or self._rebalance is None or target == self._split():
+            return 0
+        return await self._rebalance(target)
 
     async def stop(self) -> None:
         if self._task is not None:

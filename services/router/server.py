@@ -17,7 +17,7 @@ from prfaas.model.config import ModelConfig
 from prfaas.model.tiny import resolve_model
 from prfaas.model.tokenizer import Tokenizer, load_tokenizer
 from prfaas.sched.fit import DecodeSample
-from prfaas.sched.policy import Decision, RequestView
+from prfaas.sched.policy import Decision, RequestView, Split
 from prfaas.sched.routing import LOCAL, PRFAAS, WorkerView, pick_worker
 from prfaas.service.convert import check_request_id, check_tenant, sampling_from_pb, tenant_salt
 from prfaas.service.grpc_server import RunningServer, channel, start_server
@@ -32,6 +32,7 @@ from prfaas.v1 import (
 )
 from services.router.cluster import Cluster, PrefillView
 from services.router.control import RouterControl
+from services.router.roles import DECODE, PREFILL, RoleTable
 from services.router.settings import RouterSettings, split_addresses
 
 
@@ -66,11 +67,28 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         folder = resolve_model(settings.model)
         self.model: ModelConfig = read_config(folder)
         self.tokenizer: Tokenizer | None = load_tokenizer(settings.model, folder)
+        dual, pd_prefill = split_addresses(settings.pd_workers), split_addresses(settings.pd_prefill)
+        decoders = split_addresses(settings.decode)
+        self.roles = RoleTable(pd_prefill, decoders, dual, settings.pd_prefill_workers)
         self.prfaas = Cluster(PRFAAS, split_addresses(settings.prfaas_prefill), settings.prfaas_pool)
-        self.pd = Cluster(LOCAL, split_addresses(settings.pd_prefill), settings.pd_pool)
+        self.pd = Cluster(LOCAL, [*pd_prefill, *dual], settings.pd_pool, lambda: self.roles.members(PREFILL))
         self.clusters = {PRFAAS: self.prfaas, LOCAL: self.pd}
-        self.decode = {a: decode_pb2_grpc.DecodeServiceStub(channel(a)) for a in split_addresses(settings.decode)}
-        self.control = RouterControl(settings, len(self.prfaas.prefill), len(self.pd.prefill), len(self.decode))
+        self.decode = {a: decode_pb2_grpc.DecodeServiceStub(channel(a)) for a in [*decoders, *dual]}
+        self.control = RouterControl(settings, len(self.prfaas.prefill), self.roles.split, self.rebalance)
+
+    async def rebalance(self, target: Split) -> int:
+        """Convert dual-role PD workers toward `target` (drain, then switch)."""
+
+        async def prefill_in_flight(addr: str) -> int:
+            load = await self.pd.prefill[addr].GetLoad(prefill_pb2.GetLoadRequest(), timeout=2.0)
+            return int(load.queue_depth)
+
+        async def decode_in_flight(addr: str) -> int:
+            load = await self.decode[addr].GetDecodeLoad(decode_pb2.GetDecodeLoadRequest(), timeout=2.0)
+            return int(load.active)
+
+        probes = {PREFILL: prefill_in_flight, DECODE: decode_in_flight}
+        return await self.roles.rebalance(target, probes, self.settings.drain_timeout_s)
 
     def _prompt(self, request: router_pb2.GenerateRequest) -> Prompt:
         rid = request.request_id or f"req-{uuid.uuid4().hex[:16]}"
@@ -154,7 +172,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             samples = [DecodeSample(x.batch, x.seconds) for x in load.samples]
             return WorkerView(addr, load.active, match.cached_tokens), samples
 
-        results = await asyncio.gather(*(view(a) for a in self.decode), return_exceptions=True)
+        results = await asyncio.gather(*(view(a) for a in self.roles.members(DECODE)), return_exceptions=True)
         answered = [r for r in results if isinstance(r, tuple)]
         if not answered:
             raise _unavailable("no decode worker answers")

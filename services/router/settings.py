@@ -21,6 +21,9 @@ class RouterSettings:
     prfaas_prefill: str = ""  # comma-separated host:port of PrfaaS prefill workers
     pd_prefill: str = ""  # local PD prefill workers
     decode: str = ""  # local PD decode workers
+    pd_workers: str = ""  # dual-role PD workers (services.pd): the router assigns and converts their roles
+    pd_prefill_workers: int = 0  # how many of pd_workers start in the prefill role
+    drain_timeout_s: float = 60.0  # a converting worker waits this long for its old role's work to finish
     prfaas_pool: str = ""  # host:port of the PrfaaS cluster's cache pool (optional)
     pd_pool: str = ""  # the PD cluster's cache pool (optional)
     threshold_tokens: int = 1024  # t: incremental length above which a request goes to PrfaaS
@@ -33,9 +36,10 @@ class RouterSettings:
     replan_period_s: float = 30.0  # long timescale: re-fit profiles and re-plan t; 0 disables
 
     def __post_init__(self) -> None:
-        if not split_addresses(self.decode):
-            raise ValueError("at least one decode worker is required (--decode host:port)")
-        if not split_addresses(self.pd_prefill) and not split_addresses(self.prfaas_prefill):
+        dual = split_addresses(self.pd_workers)
+        if not split_addresses(self.decode) and len(dual) <= self.pd_prefill_workers:
+            raise ValueError("at least one decode worker is required (--decode host:port or --pd-workers)")
+        if not (split_addresses(self.pd_prefill) or split_addresses(self.prfaas_prefill) or self.pd_prefill_workers):
             raise ValueError("at least one prefill worker is required (--pd-prefill or --prfaas-prefill)")
         if self.threshold_tokens < 0:
             raise ValueError("threshold_tokens must be >= 0")

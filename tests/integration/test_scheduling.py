@@ -57,3 +57,49 @@ async def test_long_timescale_refits_profiles_and_replans_t() -> None:
         assert servicer.control.replan()
     assert servicer.control.replans == 1
     assert servicer.control.policy.threshold_tokens != before
+
+
+async def test_dual_role_pd_workers_are_converted_after_draining() -> None:
+    from prfaas.sched.policy import Split
+    from prfaas.service.grpc_server import channel
+    from prfaas.v1 import router_pb2_grpc
+    from services.pd.server import build_server as build_pd
+    from services.pd.settings import PdSettings
+    from services.prefill.server import build_server as build_prefill
+    from services.prefill.settings import PrefillSettings
+    from services.router.server import RouterServicer
+    from services.router.server import build_server as build_router
+    from services.router.settings import RouterSettings
+
+    common = dict(block_size=16, max_prefill_tokens=64, num_blocks=256)
+    started = [await build_pd(PdSettings(**common)) for _ in range(3)]  # type: ignore[arg-type]
+    started.append(await build_prefill(PrefillSettings(cluster="prfaas", **common)))  # type: ignore[arg-type]
+    pd = ",".join(f"127.0.0.1:{s.port}" for s, _ in started[:3])
+    router = await build_router(
+        RouterSettings(
+            prfaas_prefill=f"127.0.0.1:{started[3][0].port}",
+            pd_workers=pd,
+            pd_prefill_workers=2,
+            threshold_tokens=48,
+            block_size=16,
+            replan_period_s=0,
+        )
+    )
+    started.append(router)
+    try:
+        servicer = router[0].servicer
+        assert isinstance(servicer, RouterServicer)
+        assert servicer.roles.split() == Split(2, 1)
+        assert await servicer.rebalance(Split(1, 2)) == 1
+        assert servicer.roles.split() == Split(1, 2) and servicer.roles.switches == 1
+        stub = router_pb2_grpc.RouterServiceStub(channel(f"127.0.0.1:{router[0].port}"))
+        results = [await collect(stub, request(n, n)) for n in (10, 20, 100)]
+        assert [len(ids) for ids, _ in results] == [3, 3, 3]
+        assert {r.decode_worker for _, r in results} <= set(servicer.roles.members("decode"))
+        assert {r.prefill_worker for _, r in results if r.route == common_pb2.ROUTE_LOCAL} <= set(
+            servicer.roles.members("prefill")
+        )
+    finally:
+        for server, cleanup in reversed(started):
+            await server.stop(0.5)
+            await cleanup()

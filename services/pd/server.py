@@ -1,0 +1,48 @@
+"""PD worker: one engine behind both `PrefillService` and `DecodeService`, so the router can convert
+it between the prefill and decode roles (paper §3.4.3, long timescale) without restarting it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from prfaas.engine.async_engine import AsyncEngine
+from prfaas.engine.engine import Engine
+from prfaas.engine.factory import build_engine
+from prfaas.service.grpc_server import RunningServer, start_server
+from prfaas.v1 import decode_pb2, decode_pb2_grpc, prefill_pb2, prefill_pb2_grpc
+from services.decode.server import DecodeServicer
+from services.decode.settings import DecodeSettings
+from services.pd.settings import PdSettings
+from services.prefill.server import PrefillServicer
+
+
+async def build_server(
+    settings: PdSettings, engine: Engine | None = None
+) -> tuple[RunningServer, Callable[[], Awaitable[None]]]:
+    runner = AsyncEngine(engine or build_engine(settings), "pd-engine", settings.threads)
+    runner.start()
+    prefill = PrefillServicer(runner, settings)
+    decode = DecodeServicer(
+        runner,
+        DecodeSettings(
+            credit_window_bytes=settings.credit_window_bytes, register_timeout_s=settings.register_timeout_s
+        ),
+    )
+    running = await start_server(
+        settings.host,
+        settings.port,
+        [
+            lambda s: prefill_pb2_grpc.add_PrefillServiceServicer_to_server(prefill, s),
+            lambda s: decode_pb2_grpc.add_DecodeServiceServicer_to_server(decode, s),
+        ],
+        [
+            prefill_pb2.DESCRIPTOR.services_by_name["PrefillService"].full_name,
+            decode_pb2.DESCRIPTOR.services_by_name["DecodeService"].full_name,
+        ],
+    )
+
+    async def cleanup() -> None:
+        await prefill.close()
+        await runner.stop()
+
+    return running, cleanup
