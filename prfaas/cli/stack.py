@@ -35,6 +35,11 @@ class Topology:
     prfaas_prefill: int = 1
     pd_prefill: int = 1
     decode: int = 1
+    pd_workers: int = 0  # dual-role PD workers (the router converts them between prefill and decode)
+    pd_prefill_workers: int = 0  # how many of them start as prefill workers
+    policy: str = "prfaas"
+    link_gbps: float = 100.0
+    replan_period_s: float = 30.0
     threshold_tokens: int = 256
     block_size: int = 64
     router_port: int = 0
@@ -48,7 +53,8 @@ class Topology:
     pool_backend: str = "memory://?capacity_bytes=268435456"
 
     def __post_init__(self) -> None:
-        if self.decode < 1 or self.prfaas_prefill + self.pd_prefill < 1:
+        decoders = self.decode + self.pd_workers - self.pd_prefill_workers
+        if decoders < 1 or self.prfaas_prefill + self.pd_prefill + self.pd_prefill_workers < 1:
             raise ValueError("a topology needs at least one decode worker and one prefill worker")
 
     @classmethod
@@ -140,9 +146,23 @@ class LocalStack:
             prefill[cluster] = [
                 self._start(f"prefill-{cluster}-{i}", "prefill", *self._engine_args(), *role) for i in range(count)
             ]
+        dual = [
+            self._start(f"pd-{i}", "pd", *self._engine_args(), "--mock-role", "pd", "--pool", pools["pd"].address)
+            for i in range(t.pd_workers)
+        ]
         self._start(
             "router",
             "router",
+            "--pd-workers",
+            _join(dual),
+            "--pd-prefill-workers",
+            str(t.pd_prefill_workers),
+            "--policy",
+            t.policy,
+            "--link-gbps",
+            str(t.link_gbps),
+            "--replan-period-s",
+            str(t.replan_period_s),
             "--model",
             t.model,
             "--threshold-tokens",
