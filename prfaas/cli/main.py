@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from prfaas.cli import bench, demo, generate, plan, simulate, up
+from prfaas.cli import bench, demo, generate, plan, simulate, top, up
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_parser(sub)
     plan.add_parser(sub)
     simulate.add_parser(sub)
+    top.add_parser(sub)
     up.add_parser(sub)
     demo.add_parser(sub)
     return parser

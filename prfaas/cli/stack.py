@@ -103,7 +103,7 @@ class LocalStack:
         self.stop()
 
     def _start(self, name: str, module: str, *args: str, port: int = 0) -> Service:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "OTEL_SERVICE_NAME": f"prfaas-{name}"}
         cmd = [sys.executable, "-m", f"services.{module}", "--port", str(port), *args]
         with open(self.log_dir / f"{name}.log", "w") as log:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=_repo_root())

@@ -22,6 +22,7 @@ class EngineSettings:
     max_prefill_tokens: int = 2048
     snapshot_every_blocks: int = 1  # linear-state snapshots every N block boundaries
     threads: int = 1
+    metrics_port: int | None = None  # serve Prometheus /metrics here (0 = any free port)
     mock_role: str = "pd"  # which paper profile the mock follows: "prfaas" (H200) or "pd" (H20)
     time_scale: float = 0.01
     bytes_scale: float = 0.01

@@ -19,6 +19,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from prfaas.telemetry.metrics import start_metrics_server
+from prfaas.telemetry.tracing import ServerTracingInterceptor, client_interceptors, setup_tracing
+
 log = logging.getLogger(__name__)
 S = TypeVar("S")
 MAX_MESSAGE_BYTES = 64 << 20
@@ -50,7 +53,7 @@ async def start_server(
     host: str, port: int, registrars: Sequence[Registrar], service_names: Sequence[str]
 ) -> RunningServer:
     """Create, register, bind and start a server; return it with its bound port."""
-    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=[ServerTracingInterceptor()])
     for register in registrars:
         register(server)
     health_servicer = health.aio.HealthServicer()
@@ -86,7 +89,8 @@ async def serve_until_signal(
 
 
 def channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    """A client channel that carries the trace context of the calling code."""
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS, interceptors=client_interceptors())
 
 
 def run_service(
@@ -106,4 +110,12 @@ def run_service(
     except SettingsError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
-    uvloop.run(serve_until_signal(lambda: build(settings), name))
+    metrics_port = getattr(settings, "metrics_port", None)
+    if metrics_port is not None:
+        print(f"{name} metrics on port {start_metrics_server(metrics_port)}", flush=True)
+    provider = setup_tracing(f"prfaas-{name.replace(' ', '-')}")
+    try:
+        uvloop.run(serve_until_signal(lambda: build(settings), name))
+    finally:
+        if provider is not None:
+            provider.shutdown()  # flush the last spans

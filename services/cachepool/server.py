@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
+from opentelemetry import trace
 
 from prfaas.pool import BlockEntry, HybridPrefixPool, make_pool
 from prfaas.service.grpc_server import RunningServer, start_server
@@ -38,6 +39,7 @@ class CachePoolServicer(cachepool_pb2_grpc.CachePoolServiceServicer):
             )
         except ValueError as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        trace.get_current_span().set_attribute("pool.hit_tokens", hit.num_tokens)
         return cachepool_pb2.LookupPrefixResponse(num_blocks=hit.num_blocks, num_tokens=hit.num_tokens)
 
     async def PutBlocks(

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
+from opentelemetry import trace
 
 from prfaas.engine.async_engine import AsyncEngine
 from prfaas.engine.engine import Engine, InvalidRequest
@@ -18,6 +20,7 @@ from prfaas.kv.wire import KvChunk, KvManifest, WireError
 from prfaas.service.convert import finish_reason_pb, sampling_from_pb, tenant_salt
 from prfaas.service.grpc_server import RunningServer, start_server
 from prfaas.service.status import abort
+from prfaas.telemetry import metrics
 from prfaas.v1 import decode_pb2, decode_pb2_grpc
 from services.decode.settings import DecodeSettings
 
@@ -56,8 +59,15 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
         async with self._registered:
             self.pending[rid] = pending
             self._registered.notify_all()
+        span = trace.get_current_span()
+        first_s: float | None = None
+        count = 0
         try:
             async for ev in self.engine.events(rid, pending.events):
+                count += 1
+                if first_s is None:
+                    first_s = time.perf_counter()
+                    span.add_event("decode.admitted", {"kv.bytes": pending.kv_bytes})
                 yield decode_pb2.DecodeResponse(
                     token_ids=[ev.token_id],
                     finish_reason=finish_reason_pb(ev.finish_reason),
@@ -65,6 +75,9 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
                 )
         finally:
             self.pending.pop(rid, None)
+            span.set_attribute("gen.tokens", count)
+            if first_s is not None and count > 1:
+                span.set_attribute("gen.tpot_s", (time.perf_counter() - first_s) / (count - 1))
 
     async def _wait_registered(self, rid: str) -> Pending | None:
         async with self._registered:
@@ -102,6 +115,8 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
             async for msg in ingest:
                 yield msg
         except (WireError, InvalidRequest) as exc:
+            metrics.KV_TRANSFERS_MISSING.inc()  # the state was expected and did not arrive complete
+            trace.get_current_span().add_event("kv.missing", {"error": str(exc)})
             await self.engine.call(lambda e: e.abort(rid))
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"transfer of {rid}: {exc}")
 
@@ -161,6 +176,8 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
     async def GetDecodeLoad(
         self, request: decode_pb2.GetDecodeLoadRequest, context: grpc.aio.ServicerContext
     ) -> decode_pb2.GetDecodeLoadResponse:
+        metrics.ACTIVE_SEQUENCES.labels("decode").set(len(self.pending))
+        metrics.KV_BLOCKS_FREE.labels("decode").set(self.engine.engine.cache.blocks.num_free)
         samples = [decode_pb2.DecodeStepSample(batch=b, seconds=s) for b, s in list(self.engine.decode_steps)[-64:]]
         return decode_pb2.GetDecodeLoadResponse(
             active=len(self.pending), free_blocks=self.engine.engine.cache.blocks.num_free, samples=samples

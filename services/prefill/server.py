@@ -20,6 +20,8 @@ from prfaas.kv.wire import FULL_KV, KvChunk, KvManifest, WireError
 from prfaas.service.convert import check_request_id, check_tenant, sampling_from_pb, tenant_salt
 from prfaas.service.grpc_server import RunningServer, channel, start_server
 from prfaas.service.status import abort
+from prfaas.telemetry import metrics
+from prfaas.telemetry.tracing import tracer
 from prfaas.transfer.sender import PreparedExport, TransferError, send_state
 from prfaas.v1 import cachepool_pb2, cachepool_pb2_grpc, decode_pb2_grpc, prefill_pb2, prefill_pb2_grpc
 from services.prefill.settings import PrefillSettings
@@ -149,6 +151,9 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
             def sink(chunk: KvChunk) -> None:  # runs on the engine thread
                 if chunk.key.layer == last_layer and (chunk.key.kind != FULL_KV or chunk.key.row_end > final_start):
                     timing["last_layer_bytes"] = timing.get("last_layer_bytes", 0) + chunk.tensor.nbytes
+                prefill_span.add_event(
+                    "kv.chunk", {"layer": chunk.key.layer, "kind": chunk.key.kind, "rows": chunk.key.row_end}
+                )
                 loop.call_soon_threadsafe(chunks.put_nowait, chunk.to_bytes())  # CRC + copy off the loop
 
             export = ExportRequest(
@@ -171,24 +176,45 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
             async for ev in self.engine.events(rid, events):
                 timing.setdefault("first", time.perf_counter())
                 if ev.finish_reason is not None:
+                    prefill_span.end()  # the prefill computation is over; the transfer's tail follows
                     return ev.token_id
             raise TransferError("prefill ended without a token")
 
         stub = self._decode_stub(request.decode_address)
-        stats = await send_state(
-            stub,
-            rid,
-            epoch,
-            self.engine.engine.spec.fingerprint(),
-            prepare,
-            self.settings.transfer_timeout_s,
-            self.settings.transfer_streams,
-        )
+        with tracer().start_as_current_span("kv.transfer") as span:
+            prefill_span = tracer().start_span("prefill", attributes={"prfaas.prompt_tokens": len(ids)})
+            try:
+                stats = await send_state(
+                    stub,
+                    rid,
+                    epoch,
+                    self.engine.engine.spec.fingerprint(),
+                    prepare,
+                    self.settings.transfer_timeout_s,
+                    self.settings.transfer_streams,
+                )
+            finally:
+                if prefill_span.is_recording():
+                    prefill_span.end()
+            span.set_attributes(
+                {
+                    "kv.bytes": stats.kv_bytes,
+                    "kv.chunks": stats.num_chunks,
+                    "kv.streams": stats.num_streams,
+                    "kv.duration_s": stats.transfer_s,
+                    "kv.gbps": stats.kv_bytes * 8 / max(stats.transfer_s, 1e-9) / 1e9,
+                    "kv.stalled_s": stats.stalled_s,
+                    "kv.receiver_cached_tokens": stats.receiver_cached_tokens,
+                    "prfaas.cached_tokens": int(timing.get("cached", 0)),
+                }
+            )
         done = time.perf_counter()
         self._publish(ids, salt, request.tenant_id, pool_blocks)
         admitted = timing.get("admitted", timing["arrival"])
         first = timing.get("first", done)
         computed = len(ids) - int(timing.get("cached", 0))
+        metrics.PREFILL_SECONDS.labels(self.settings.cluster).observe(first - admitted)
+        metrics.KV_TRANSFER_STALL_SECONDS.inc(stats.stalled_s)
         self.samples.append(
             prefill_pb2.PrefillSample(tokens=computed, seconds=first - admitted, kv_bytes=stats.kv_bytes)
         )
@@ -210,6 +236,8 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
     async def GetLoad(
         self, request: prefill_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
     ) -> prefill_pb2.GetLoadResponse:
+        metrics.QUEUE_DEPTH.labels(f"prefill-{self.settings.cluster}", "prefill").set(self._active)
+        metrics.KV_BLOCKS_FREE.labels(f"prefill-{self.settings.cluster}").set(self.engine.engine.cache.blocks.num_free)
         return prefill_pb2.GetLoadResponse(
             queue_depth=self._active,
             queued_tokens=self._queued_tokens,

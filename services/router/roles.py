@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from prfaas.sched.policy import Split
+from prfaas.telemetry.metrics import ROLE_SWITCHES
 
 log = logging.getLogger(__name__)
 PREFILL, DECODE, DRAINING = "prefill", "decode", "draining"
@@ -57,4 +58,5 @@ class RoleTable:
             log.warning("%s did not drain its %s work in %.0fs; switching anyway", address, old, drain_timeout_s)
         self.dual[address] = new
         self.switches += 1
+        ROLE_SWITCHES.inc()
         log.info("%s switched from %s to %s", address, old, new)

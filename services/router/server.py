@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
 import grpc
+from opentelemetry import trace
 
 from prfaas.kv.prefix import block_hashes
 from prfaas.model.checkpoint import read_config
@@ -22,6 +23,8 @@ from prfaas.sched.routing import LOCAL, PRFAAS, WorkerView, pick_worker
 from prfaas.service.convert import check_request_id, check_tenant, sampling_from_pb, tenant_salt
 from prfaas.service.grpc_server import RunningServer, channel, start_server
 from prfaas.service.status import abort
+from prfaas.telemetry import metrics
+from prfaas.telemetry.tracing import tracer
 from prfaas.v1 import (
     common_pb2,
     decode_pb2,
@@ -153,6 +156,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 self.clusters[decision.route], tenant, hashes[:blocks]
             )
         prefill = pick_worker([v.worker for v in views[decision.route]], cache_affine=False).address
+        trace.get_current_span().set_attributes(
+            {
+                "prfaas.prompt_tokens": n,
+                "prfaas.cached_pd_tokens": cached_pd,
+                "prfaas.cached_prfaas_tokens": cached_prfaas,
+                "prfaas.incremental_tokens": decision.incremental_tokens,
+                "prfaas.threshold_tokens": decision.threshold_tokens,
+                "prfaas.route": decision.route,
+                "prfaas.reason": decision.reason,
+                "prfaas.decode_worker": decoder.address,
+                "prfaas.prefill_worker": prefill,
+                "prfaas.move_prefix": decision.move_prefix,
+            }
+        )
         return Routed(decision, decoder.address, prefill, n)
 
     def _record_samples(self, prfaas_views: list[PrefillView], pd_views: list[PrefillView]) -> None:
@@ -193,6 +210,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             async for msg in self._serve(prompt, request.sampling, timeout, arrival):
                 yield msg
         except grpc.aio.AioRpcError as exc:
+            metrics.ERRORS.labels("router", exc.code().name).inc()
             await abort(context, exc.code(), f"{exc.details()}")
 
     def _timeout(self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext) -> float:
@@ -207,7 +225,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def _serve(
         self, prompt: Prompt, sampling: common_pb2.SamplingParams, timeout: float, arrival: float
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
-        routed = await self._decide(prompt)
+        with tracer().start_as_current_span("route"):
+            routed = await self._decide(prompt)
         decision, decoder, prefill_addr = routed.decision, routed.decoder, routed.prefill
         cluster = self.clusters[decision.route]
         self.control.started(decision.route)
@@ -240,11 +259,17 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     prefilled = True
                     self.control.prefilled(decision.route, done.kv_bytes, done.transfer_s)
                     route = self._route_info(routed, done, time.perf_counter() - arrival)
+                    first_at = time.perf_counter()
+                    _observe_prefill(decision.route, decision.reason, route, done)
                 text = self._delta(ids, list(resp.token_ids))
                 yield router_pb2.GenerateResponse(
                     token_ids=resp.token_ids, text=text, finish_reason=resp.finish_reason, route=route
                 )
             self.control.output_tokens.append(len(ids))
+            if len(ids) > 1:
+                metrics.TPOT_SECONDS.labels(decision.route).observe((time.perf_counter() - first_at) / (len(ids) - 1))
+            metrics.LINK_UTILIZATION.set(self.control.egress.utilization())
+            metrics.ROUTING_THRESHOLD.set(self.control.policy.threshold_tokens)
         finally:
             if not prefilled:
                 self.control.prefilled(decision.route, 0, 0.0)
@@ -271,6 +296,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             prefill_worker=r.prefill,
             decode_worker=r.decoder,
         )
+
+
+def _observe_prefill(route: str, reason: str, info: router_pb2.RouteInfo, done: prefill_pb2.PrefillResponse) -> None:
+    metrics.count_request(route, reason)
+    metrics.TTFT_SECONDS.labels(route).observe(info.ttft_s)
+    metrics.KV_TRANSFER_BYTES.labels(route).observe(done.kv_bytes)
+    metrics.KV_TRANSFER_SECONDS.labels(route).observe(done.transfer_s)
+    metrics.CACHE_HIT_TOKENS.labels(route).inc(info.cached_tokens)
 
 
 async def _race(

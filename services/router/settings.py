@@ -30,6 +30,7 @@ class RouterSettings:
     block_size: int = 64  # must match the engines
     max_model_len: int = 0  # prompt + output limit checked here; 0 = the model config's
     request_timeout_s: float = 300.0
+    metrics_port: int | None = None  # serve Prometheus /metrics here (0 = any free port)
     policy: str = "prfaas"  # prfaas, prfaas-static-t, prfaas-no-cache, prfaas-no-short, homogeneous, naive
     link_gbps: float = 100.0  # capacity of the PrfaaS -> PD link (utilization = measured egress / this)
     prfaas_queue_limit: int = 4  # per PrfaaS prefill worker: above it t rises / traffic stays local

@@ -103,13 +103,16 @@ async def _free_blocks(stack: object) -> tuple[int, int, int, int]:
     from prfaas.v1 import decode_pb2, decode_pb2_grpc, prefill_pb2, prefill_pb2_grpc
 
     addrs = stack.addresses  # type: ignore[attr-defined]
-    dec = await decode_pb2_grpc.DecodeServiceStub(channel(addrs["decode-0"])).GetDecodeLoad(
+    channels = {name: channel(addrs[name]) for name in ("decode-0", "prefill-prfaas", "prefill-pd")}
+    dec = await decode_pb2_grpc.DecodeServiceStub(channels["decode-0"]).GetDecodeLoad(
         decode_pb2.GetDecodeLoadRequest()
     )
     pre = [
-        await prefill_pb2_grpc.PrefillServiceStub(channel(addrs[name])).GetLoad(prefill_pb2.GetLoadRequest())
+        await prefill_pb2_grpc.PrefillServiceStub(channels[name]).GetLoad(prefill_pb2.GetLoadRequest())
         for name in ("prefill-prfaas", "prefill-pd")
     ]
+    for ch in channels.values():
+        await ch.close()
     return dec.free_blocks, dec.active, pre[0].free_blocks, pre[1].free_blocks
 
 
