@@ -104,9 +104,7 @@ async def _free_blocks(stack: object) -> tuple[int, int, int, int]:
 
     addrs = stack.addresses  # type: ignore[attr-defined]
     channels = {name: channel(addrs[name]) for name in ("decode-0", "prefill-prfaas", "prefill-pd")}
-    dec = await decode_pb2_grpc.DecodeServiceStub(channels["decode-0"]).GetDecodeLoad(
-        decode_pb2.GetDecodeLoadRequest()
-    )
+    dec = await decode_pb2_grpc.DecodeServiceStub(channels["decode-0"]).GetDecodeLoad(decode_pb2.GetDecodeLoadRequest())
     pre = [
         await prefill_pb2_grpc.PrefillServiceStub(channels[name]).GetLoad(prefill_pb2.GetLoadRequest())
         for name in ("prefill-prfaas", "prefill-pd")
