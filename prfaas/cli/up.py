@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
 from prfaas.cli.stack import LocalStack, Topology
+from prfaas.cli.trace_ui import TraceUiUnavailable, start_trace_ui
 
 
 def add_topology_args(p: argparse.ArgumentParser) -> None:
@@ -34,6 +36,8 @@ def topology_from(args: argparse.Namespace) -> Topology:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("up", help="start a PrfaaS-PD topology on this machine (one process per service)")
     add_topology_args(p)
+    p.add_argument("--trace-ui", action="store_true", help="start Arize Phoenix as the trace receiver and UI")
+    p.add_argument("--trace-ui-port", type=int, default=6006)
     p.set_defaults(run=run)
 
 
@@ -46,6 +50,23 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    ui = None
+    if args.trace_ui:
+        try:
+            ui = start_trace_ui(args.trace_ui_port)
+        except (TraceUiUnavailable, RuntimeError, TimeoutError) as exc:
+            print(f"prfaas up: error: {exc}", file=sys.stderr)
+            return 2
+        os.environ.update(ui.export_env())  # the services inherit it
+        print(f"trace UI at {ui.url}", flush=True)
+    try:
+        return _serve(topology, stop)
+    finally:
+        if ui is not None:
+            ui.stop()
+
+
+def _serve(topology: Topology, stop: threading.Event) -> int:
     print(f"starting {topology} (logs in the folder printed below)", file=sys.stderr)
     with LocalStack(topology) as stack:
         print(f"logs: {stack.log_dir}", file=sys.stderr)
