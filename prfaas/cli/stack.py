@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 _LISTENING = re.compile(r"listening on port (\d+)")
+_METRICS = re.compile(r"metrics on port (\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,7 @@ class Service:
     name: str
     proc: subprocess.Popen[str]
     port: int = 0
+    metrics_port: int | None = None
 
     @property
     def address(self) -> str:
@@ -104,12 +106,12 @@ class LocalStack:
 
     def _start(self, name: str, module: str, *args: str, port: int = 0) -> Service:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "OTEL_SERVICE_NAME": f"prfaas-{name}"}
-        cmd = [sys.executable, "-m", f"services.{module}", "--port", str(port), *args]
+        cmd = [sys.executable, "-m", f"services.{module}", "--port", str(port), "--metrics-port", "0", *args]
         with open(self.log_dir / f"{name}.log", "w") as log:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=_repo_root())
         service = Service(name, proc)
         self.services.append(service)
-        service.port = _read_port(service)
+        service.port, service.metrics_port = _read_ports(service)
         threading.Thread(target=_drain, args=(proc,), daemon=True).start()
         return service
 
@@ -186,6 +188,11 @@ class LocalStack:
         for s in self.services:
             wait_healthy(s.address, 60.0)
 
+    def top_command(self) -> str:
+        """A `prfaas top` invocation watching this stack."""
+        targets = ",".join(f"{s.name}=127.0.0.1:{s.metrics_port}" for s in self.services if s.metrics_port)
+        return f"prfaas top --targets {targets} --grpc " + ",".join(f"{s.name}={s.address}" for s in self.services)
+
     def stop(self, grace_s: float = 10.0) -> None:
         for s in reversed(self.services):
             if s.proc.poll() is None:
@@ -215,17 +222,19 @@ def _repo_root() -> str:
     return str(Path(__file__).resolve().parents[2])
 
 
-def _read_port(service: Service, timeout_s: float = 120.0) -> int:
-    """The port from the service's "listening on port N" line."""
+def _read_ports(service: Service, timeout_s: float = 120.0) -> tuple[int, int | None]:
+    """The gRPC port from the "listening on port N" line (and the metrics port printed before it)."""
     assert service.proc.stdout is not None
     deadline = time.monotonic() + timeout_s
+    metrics_port = None
     while time.monotonic() < deadline:
         line = service.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"{service.name} exited with {service.proc.wait()} before listening (see its log)")
-        match = _LISTENING.search(line)
-        if match:
-            return int(match.group(1))
+        if m := _METRICS.search(line):
+            metrics_port = int(m.group(1))
+        if match := _LISTENING.search(line):
+            return int(match.group(1)), metrics_port
     raise TimeoutError(f"{service.name} did not start within {timeout_s:.0f}s")
 
 

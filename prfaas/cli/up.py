@@ -72,6 +72,7 @@ def _serve(topology: Topology, stop: threading.Event) -> int:
         print(f"logs: {stack.log_dir}", file=sys.stderr)
         for s in stack.services:
             print(f"  {s.name:20} {s.address}", file=sys.stderr)
+        print(f"watch it with: {stack.top_command()}", file=sys.stderr)
         print(f"router listening on {stack.router}", flush=True)
         stop.wait()
         print("stopping", file=sys.stderr)
