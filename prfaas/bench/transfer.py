@@ -27,6 +27,7 @@ import torch
 from prfaas.kv.wire import FULL_KV, ChunkKey, KvChunk, KvManifest, WireError
 from prfaas.service.grpc_server import CHANNEL_OPTIONS, RunningServer, start_server
 from prfaas.service.status import abort
+from prfaas.transfer.framing import add_decode_service, frame_chunk, parse_request
 from prfaas.transfer.sender import PreparedExport, send_state
 from prfaas.v1 import decode_pb2, decode_pb2_grpc
 
@@ -62,29 +63,33 @@ class BenchReceiver(decode_pb2_grpc.DecodeServiceServicer):
         self.received: dict[str, int] = {}
 
     async def TransferKv(
-        self, request_iterator: AsyncIterator[decode_pb2.TransferKvRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[decode_pb2.TransferKvResponse]:
-        first = await anext(request_iterator, None)
-        if first is None or first.WhichOneof("msg") != "open":
+        messages = (parse_request(raw) async for raw in request_iterator)
+        first = await anext(messages, None)
+        if not isinstance(first, decode_pb2.TransferKvRequest) or first.WhichOneof("msg") != "open":
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "a transfer must start with an open message")
         rid, primary = first.open.request_id, first.open.stream_index == 0
         yield decode_pb2.TransferKvResponse(
             accept=decode_pb2.TransferAccept(start_tokens=0, credit_bytes=self.window_bytes)
         )
         try:
-            async for msg in self._ingest(request_iterator, rid, primary):
+            async for msg in self._ingest(messages, rid, primary):
                 yield msg
         except WireError as exc:
             self.received.pop(rid, None)
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"transfer of {rid}: {exc}")
 
     async def _ingest(
-        self, requests: AsyncIterator[decode_pb2.TransferKvRequest], rid: str, primary: bool
+        self, requests: AsyncIterator[memoryview | decode_pb2.TransferKvRequest], rid: str, primary: bool
     ) -> AsyncIterator[decode_pb2.TransferKvResponse]:
         async for msg in requests:
+            if isinstance(msg, memoryview):  # a chunk frame, as a view: no parse copy
+                yield await self._apply(rid, msg)
+                continue
             kind = msg.WhichOneof("msg")
             if kind == "chunk":
-                yield await self._apply(rid, msg.chunk)  # one field access: each one copies the bytes out
+                yield await self._apply(rid, msg.chunk)
             elif not primary:
                 raise WireError("a parallel transfer stream carries only chunks")
             elif kind == "manifest":
@@ -97,7 +102,7 @@ class BenchReceiver(decode_pb2_grpc.DecodeServiceServicer):
         if primary:
             raise WireError("sender closed the transfer before commit")
 
-    async def _apply(self, rid: str, data: bytes) -> decode_pb2.TransferKvResponse:
+    async def _apply(self, rid: str, data: bytes | memoryview) -> decode_pb2.TransferKvResponse:
         await asyncio.to_thread(KvChunk.decode, data)  # off the loop, as the real receiver's engine thread
         self.received[rid] = self.received.get(rid, 0) + len(data)
         return decode_pb2.TransferKvResponse(credit_bytes=len(data))
@@ -122,10 +127,12 @@ def _manifest(chunks: Sequence[KvChunk], chunk_bytes: int) -> KvManifest:
     return KvManifest(FINGERPRINT, chunks[0].request_id, 0, 0, rows, chunk_bytes, tokens, len(chunks))
 
 
-async def _export(chunks: Sequence[KvChunk], chunk_bytes: int) -> PreparedExport:
+async def _export(chunks: Sequence[KvChunk], frames: Sequence[bytes], chunk_bytes: int) -> PreparedExport:
+    """The export as the sender sees it: frames are built beforehand (in a worker they are built on the
+    engine thread while the prefill runs), so the timing covers the transport only, as for TCP."""
     queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for chunk in chunks:  # encoded before timing starts, as the engine thread does in a worker
-        queue.put_nowait(chunk.to_bytes())
+    for frame in frames:
+        queue.put_nowait(frame)
     first: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     first.set_result(1)
     return PreparedExport(_manifest(chunks, chunk_bytes), queue, first)
@@ -134,12 +141,10 @@ async def _export(chunks: Sequence[KvChunk], chunk_bytes: int) -> PreparedExport
 async def _start_grpc(window_bytes: int, options: ChannelOptions | None) -> tuple[RunningServer | grpc.aio.Server, int]:
     receiver = BenchReceiver(window_bytes)
     if options is None:
-        running = await start_server(
-            "127.0.0.1", 0, [lambda s: decode_pb2_grpc.add_DecodeServiceServicer_to_server(receiver, s)], []
-        )
+        running = await start_server("127.0.0.1", 0, [lambda s: add_decode_service(receiver, s)], [])
         return running, running.port
     server = grpc.aio.server(options=list(options))
-    decode_pb2_grpc.add_DecodeServiceServicer_to_server(receiver, server)
+    add_decode_service(receiver, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, port
@@ -156,15 +161,16 @@ async def grpc_runs(
     """(bytes acknowledged, seconds from open to done) for each repeat, plus one untimed warm-up."""
     server, port = await _start_grpc(window_bytes, options)
     chan = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=list(options or CHANNEL_OPTIONS))
-    stub = decode_pb2_grpc.DecodeServiceStub(chan)
     runs = []
 
+    frames = [frame_chunk(c) for c in chunks]
+
     async def prepare(_: int) -> PreparedExport:
-        return await _export(chunks, chunk_bytes)
+        return await _export(chunks, frames, chunk_bytes)
 
     try:
         for i in range(repeats + 1):
-            stats = await send_state(stub, f"bench-{i}", 0, FINGERPRINT, prepare, 120.0, num_streams)
+            stats = await send_state(chan, f"bench-{i}", 0, FINGERPRINT, prepare, 120.0, num_streams)
             runs.append((stats.kv_bytes, stats.transfer_s))
     finally:
         await chan.close()

@@ -19,12 +19,14 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from prfaas.kv.wire import KvManifest
 from prfaas.transfer.flow import CreditWindow
-from prfaas.v1 import decode_pb2, decode_pb2_grpc
+from prfaas.transfer.framing import METHOD, parse_request
+from prfaas.v1 import decode_pb2
 
 
 class TransferError(RuntimeError):
@@ -36,7 +38,7 @@ class PreparedExport:
     """What the prefill side hands the sender once it knows the receiver's prefix."""
 
     manifest: KvManifest
-    chunks: asyncio.Queue[bytes]  # encoded chunks (encoded off the event loop, on the engine thread)
+    chunks: asyncio.Queue[bytes]  # chunk frames (`framing.frame_chunk`), built off the event loop
     first_token: Awaitable[int]
 
 
@@ -54,7 +56,7 @@ class TransferStats:
 class _Stream:
     """One bidirectional stream with its credit window and credit reader."""
 
-    def __init__(self, call: grpc.aio.StreamStreamCall) -> None:
+    def __init__(self, call: Any) -> None:
         self.call = call
         self.window = CreditWindow()
         self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -62,24 +64,34 @@ class _Stream:
         self.sent = 0
 
     async def open(self, opened: decode_pb2.TransferOpen) -> decode_pb2.TransferAccept:
-        await self.call.write(decode_pb2.TransferKvRequest(open=opened))
+        await self.call.write(decode_pb2.TransferKvRequest(open=opened).SerializeToString())
         accept = (await _read(self.call)).accept
         await self.window.grant(accept.credit_bytes)
         self.reader = asyncio.create_task(_read_credits(self.call, self.window, self.done))
         return accept
 
-    async def send(self, data: bytes) -> None:
-        await self.window.acquire(len(data))
-        await self.call.write(decode_pb2.TransferKvRequest(chunk=data))
-        self.sent += len(data)
+    async def send(self, frame: bytes) -> None:
+        """Write one chunk frame as is; credit is counted in chunk bytes, as the receiver returns it."""
+        size = len(parse_request(frame))
+        await self.window.acquire(size)
+        await self.call.write(frame)
+        self.sent += size
 
     def close(self) -> None:
         if self.reader is not None:
             self.reader.cancel()
 
 
+def transfer_call(channel: grpc.aio.Channel, timeout_s: float) -> Any:
+    """A `TransferKv` stream that writes pre-serialized messages (chunk frames go out untouched)."""
+    method = channel.stream_stream(
+        METHOD, request_serializer=None, response_deserializer=decode_pb2.TransferKvResponse.FromString
+    )
+    return method(timeout=timeout_s)
+
+
 async def send_state(
-    stub: decode_pb2_grpc.DecodeServiceStub,
+    channel: grpc.aio.Channel,
     request_id: str,
     epoch: int,
     fingerprint: str,
@@ -88,7 +100,7 @@ async def send_state(
     num_streams: int = 1,
 ) -> TransferStats:
     t0 = time.perf_counter()
-    streams = [_Stream(stub.TransferKv(timeout=timeout_s)) for _ in range(max(1, num_streams))]
+    streams = [_Stream(transfer_call(channel, timeout_s)) for _ in range(max(1, num_streams))]
     try:
         accepts = [
             await s.open(
@@ -104,13 +116,14 @@ async def send_state(
         ]
         export = await prepare(accepts[0].start_tokens)
         primary = streams[0]
-        await primary.call.write(decode_pb2.TransferKvRequest(manifest=export.manifest.encode()))
+        await primary.call.write(decode_pb2.TransferKvRequest(manifest=export.manifest.encode()).SerializeToString())
         await _send_chunks(streams, export)
         for s in streams[1:]:
             await s.call.done_writing()
         await asyncio.gather(*(s.window.drained() for s in streams))
         first = await export.first_token
-        await primary.call.write(decode_pb2.TransferKvRequest(commit=decode_pb2.TransferCommit(first_token_id=first)))
+        commit = decode_pb2.TransferKvRequest(commit=decode_pb2.TransferCommit(first_token_id=first))
+        await primary.call.write(commit.SerializeToString())
         await primary.call.done_writing()
         received = await primary.done
     except BaseException:

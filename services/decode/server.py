@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
+from google.protobuf.message import DecodeError
 from opentelemetry import trace
 
 from prfaas.engine.async_engine import AsyncEngine
@@ -21,6 +22,7 @@ from prfaas.service.convert import finish_reason_pb, sampling_from_pb, tenant_sa
 from prfaas.service.grpc_server import RunningServer, start_server
 from prfaas.service.status import abort
 from prfaas.telemetry import metrics
+from prfaas.transfer.framing import add_decode_service, parse_request
 from prfaas.v1 import decode_pb2, decode_pb2_grpc
 from services.decode.settings import DecodeSettings
 
@@ -85,10 +87,14 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
         return self.pending.get(rid) if ok else None
 
     async def TransferKv(
-        self, request_iterator: AsyncIterator[decode_pb2.TransferKvRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[decode_pb2.TransferKvResponse]:
-        first = await anext(request_iterator, None)
-        if first is None or first.WhichOneof("msg") != "open":
+        messages = _messages(request_iterator)
+        try:
+            first = await anext(messages, None)
+        except WireError as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if not isinstance(first, decode_pb2.TransferKvRequest) or first.WhichOneof("msg") != "open":
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "a transfer must start with an open message")
         opened = first.open
         fingerprint = self.engine.engine.spec.fingerprint()
@@ -109,9 +115,9 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
         )
         try:
             if opened.stream_index == 0:
-                ingest = self._ingest(request_iterator, pending, start, salt)
+                ingest = self._ingest(messages, pending, start, salt)
             else:
-                ingest = self._ingest_extra(request_iterator, pending)
+                ingest = self._ingest_extra(messages, pending)
             async for msg in ingest:
                 yield msg
         except (WireError, InvalidRequest) as exc:
@@ -121,11 +127,14 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"transfer of {rid}: {exc}")
 
     async def _ingest(
-        self, requests: AsyncIterator[decode_pb2.TransferKvRequest], pending: Pending, start: int, salt: bytes
+        self, requests: AsyncIterator[Message], pending: Pending, start: int, salt: bytes
     ) -> AsyncIterator[decode_pb2.TransferKvResponse]:
         req, rid = pending.request, pending.request.request_id
         params = sampling_from_pb(req.sampling)
         async for msg in requests:
+            if isinstance(msg, memoryview):
+                yield await self._apply(pending, msg)
+                continue
             kind = msg.WhichOneof("msg")
             if kind == "manifest":
                 manifest = KvManifest.decode(msg.manifest)
@@ -147,14 +156,14 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
                 raise WireError(f"unexpected {kind} message in transfer")
         raise WireError("sender closed the transfer before commit")
 
-    async def _apply(self, pending: Pending, data: bytes) -> decode_pb2.TransferKvResponse:
+    async def _apply(self, pending: Pending, data: bytes | memoryview) -> decode_pb2.TransferKvResponse:
         """Apply one chunk on the engine thread, then return its bytes as credit."""
         await self.engine.call(lambda e: e.apply_chunk(KvChunk.decode(data)))
         pending.kv_bytes += len(data)
         return decode_pb2.TransferKvResponse(credit_bytes=len(data))
 
     async def _ingest_extra(
-        self, requests: AsyncIterator[decode_pb2.TransferKvRequest], pending: Pending
+        self, requests: AsyncIterator[Message], pending: Pending
     ) -> AsyncIterator[decode_pb2.TransferKvResponse]:
         """A parallel stream of a transfer: chunks only, applied once stream 0's manifest is in."""
         try:
@@ -162,9 +171,12 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
         except TimeoutError as exc:
             raise WireError("the transfer's primary stream never sent its manifest") from exc
         async for msg in requests:
-            if msg.WhichOneof("msg") != "chunk":
+            if isinstance(msg, memoryview):
+                yield await self._apply(pending, msg)
+            elif msg.WhichOneof("msg") == "chunk":
+                yield await self._apply(pending, msg.chunk)
+            else:
                 raise WireError("a parallel transfer stream carries only chunks")
-            yield await self._apply(pending, msg.chunk)
 
     async def MatchPrefix(
         self, request: decode_pb2.MatchPrefixRequest, context: grpc.aio.ServicerContext
@@ -182,6 +194,18 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
         return decode_pb2.GetDecodeLoadResponse(
             active=len(self.pending), free_blocks=self.engine.engine.cache.blocks.num_free, samples=samples
         )
+
+
+Message = memoryview | decode_pb2.TransferKvRequest
+
+
+async def _messages(raw: AsyncIterator[bytes]) -> AsyncIterator[Message]:
+    """Raw TransferKv messages: chunk frames as zero-copy views, the rest parsed."""
+    async for data in raw:
+        try:
+            yield parse_request(data)
+        except DecodeError as exc:
+            raise WireError(f"malformed transfer message: {exc}") from exc
 
 
 async def _wait_for(cond: asyncio.Condition, predicate: Callable[[], bool], timeout_s: float) -> bool:
@@ -202,7 +226,7 @@ async def build_server(
     running = await start_server(
         settings.host,
         settings.port,
-        [lambda s: decode_pb2_grpc.add_DecodeServiceServicer_to_server(servicer, s)],
+        [lambda s: add_decode_service(servicer, s)],
         [decode_pb2.DESCRIPTOR.services_by_name["DecodeService"].full_name],
     )
     return running, runner.stop

@@ -9,7 +9,8 @@ from prfaas.engine.async_engine import AsyncEngine
 from prfaas.engine.engine import Engine
 from prfaas.engine.factory import build_engine
 from prfaas.service.grpc_server import RunningServer, start_server
-from prfaas.v1 import decode_pb2, decode_pb2_grpc, prefill_pb2, prefill_pb2_grpc
+from prfaas.transfer.framing import add_decode_service
+from prfaas.v1 import decode_pb2, prefill_pb2, prefill_pb2_grpc
 from services.decode.server import DecodeServicer
 from services.decode.settings import DecodeSettings
 from services.pd.settings import PdSettings
@@ -33,7 +34,7 @@ async def build_server(
         settings.port,
         [
             lambda s: prefill_pb2_grpc.add_PrefillServiceServicer_to_server(prefill, s),
-            lambda s: decode_pb2_grpc.add_DecodeServiceServicer_to_server(decode, s),
+            lambda s: add_decode_service(decode, s),
         ],
         [
             prefill_pb2.DESCRIPTOR.services_by_name["PrefillService"].full_name,

@@ -22,8 +22,9 @@ from prfaas.service.grpc_server import RunningServer, channel, start_server
 from prfaas.service.status import abort
 from prfaas.telemetry import metrics
 from prfaas.telemetry.tracing import tracer
+from prfaas.transfer.framing import frame_chunk
 from prfaas.transfer.sender import PreparedExport, TransferError, send_state
-from prfaas.v1 import cachepool_pb2, cachepool_pb2_grpc, decode_pb2_grpc, prefill_pb2, prefill_pb2_grpc
+from prfaas.v1 import cachepool_pb2, cachepool_pb2_grpc, prefill_pb2, prefill_pb2_grpc
 from services.prefill.settings import PrefillSettings
 
 log = logging.getLogger(__name__)
@@ -96,10 +97,10 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
         except grpc.aio.AioRpcError as exc:
             log.warning("could not publish %d blocks to the cache pool: %s", len(blocks), exc)
 
-    def _decode_stub(self, address: str) -> decode_pb2_grpc.DecodeServiceStub:
+    def _decode_channel(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:
             self._channels[address] = channel(address)
-        return decode_pb2_grpc.DecodeServiceStub(self._channels[address])
+        return self._channels[address]
 
     async def close(self) -> None:
         if self._publishing:
@@ -154,7 +155,7 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
                 prefill_span.add_event(
                     "kv.chunk", {"layer": chunk.key.layer, "kind": chunk.key.kind, "rows": chunk.key.row_end}
                 )
-                loop.call_soon_threadsafe(chunks.put_nowait, chunk.to_bytes())  # CRC + copy off the loop
+                loop.call_soon_threadsafe(chunks.put_nowait, frame_chunk(chunk))  # CRC + the one copy, off the loop
 
             export = ExportRequest(
                 sink,
@@ -180,7 +181,7 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
                     return ev.token_id
             raise TransferError("prefill ended without a token")
 
-        stub = self._decode_stub(request.decode_address)
+        stub = self._decode_channel(request.decode_address)
         with tracer().start_as_current_span("kv.transfer") as span:
             prefill_span = tracer().start_span("prefill", attributes={"prfaas.prompt_tokens": len(ids)})
             try:

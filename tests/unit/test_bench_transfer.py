@@ -15,6 +15,7 @@ from prfaas.bench.transfer import (
     synthetic_chunks,
 )
 from prfaas.service.grpc_server import CHANNEL_OPTIONS, channel, start_server
+from prfaas.transfer.framing import add_decode_service
 from prfaas.v1 import decode_pb2, decode_pb2_grpc
 
 TOTAL, CHUNK = 4 << 20, 256 << 10
@@ -55,7 +56,10 @@ async def _exchange(messages: list[decode_pb2.TransferKvRequest]) -> list[decode
     """Send `messages` on one TransferKv stream to the receiver double and collect its replies."""
     receiver = BenchReceiver(window_bytes=1 << 20)
     running = await start_server(
-        "127.0.0.1", 0, [lambda s: decode_pb2_grpc.add_DecodeServiceServicer_to_server(receiver, s)], []
+        "127.0.0.1",
+        0,
+        [lambda s: add_decode_service(receiver, s)],
+        [],  # raw TransferKv, like the real worker
     )
     try:
         async with channel(f"127.0.0.1:{running.port}") as chan:
