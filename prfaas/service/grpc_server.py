@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from prfaas.service.status import SERVICE
 from prfaas.telemetry.metrics import start_metrics_server
 from prfaas.telemetry.tracing import ServerTracingInterceptor, client_interceptors, setup_tracing
 
@@ -110,6 +111,7 @@ def run_service(
     except SettingsError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
+    SERVICE["name"] = name
     metrics_port = getattr(settings, "metrics_port", None)
     if metrics_port is not None:
         print(f"{name} metrics on port {start_metrics_server(metrics_port)}", flush=True)

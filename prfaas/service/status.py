@@ -6,7 +6,12 @@ from typing import NoReturn
 
 import grpc
 
+from prfaas.telemetry.metrics import ERRORS
+
+SERVICE = {"name": "in-process"}  # set once by run_service; labels the error counter
+
 
 async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    ERRORS.labels(SERVICE["name"], code.name).inc()
     await context.abort(code, message)
     raise AssertionError("context.abort returned")  # grpc raises; this keeps the type checker honest

@@ -210,7 +210,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             async for msg in self._serve(prompt, request.sampling, timeout, arrival):
                 yield msg
         except grpc.aio.AioRpcError as exc:
-            metrics.ERRORS.labels("router", exc.code().name).inc()
             await abort(context, exc.code(), f"{exc.details()}")
 
     def _timeout(self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext) -> float:
