@@ -177,3 +177,13 @@ async def test_graceful_stop_lets_in_flight_requests_finish() -> None:
         assert len(first.token_ids) + sum(len(m.token_ids) for m in rest) == 40
         with pytest.raises(grpc.aio.AioRpcError):
             await collect(stack.router, request([1, 2, 3]))  # no new work once stopped
+
+
+async def test_errors_are_counted_by_status_code() -> None:
+    from prfaas.telemetry.metrics import ERRORS
+
+    before = ERRORS.labels("in-process", "INVALID_ARGUMENT")._value.get()
+    async with local_stack() as stack:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await collect(stack.router, request([]))
+    assert ERRORS.labels("in-process", "INVALID_ARGUMENT")._value.get() == before + 1
