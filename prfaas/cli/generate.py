@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from typing import Any
 
 from prfaas.engine.engine import Engine, EngineConfig, InvalidRequest
 from prfaas.engine.sampling import SamplingParams
@@ -49,20 +50,25 @@ def prompt_ids(args: argparse.Namespace, tokenizer: Tokenizer | None) -> list[in
     return tokenizer.encode(args.prompt)
 
 
+def sampling_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling flags, for the engine's `SamplingParams` and the SDK's `Sampling` alike."""
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "stop_token_ids": tuple(parse_ids(args.stop_token_ids, "--stop-token-ids")),
+        "ignore_eos": args.ignore_eos,
+    }
+
+
 def run_remote(args: argparse.Namespace) -> int:
     """Generate through a router with the SDK; the JSON adds where and how it was prefilled."""
     from prfaas.client import Client, PrfaasError, Sampling
 
     prompt: str | list[int] = args.prompt if args.token_ids is None else parse_ids(args.token_ids, "--token-ids")
-    sampling = Sampling(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        stop_token_ids=tuple(parse_ids(args.stop_token_ids, "--stop-token-ids")),
-        ignore_eos=args.ignore_eos,
-    )
     try:
+        sampling = Sampling(**sampling_fields(args))
         with Client(args.router) as client:
             r = client.generate(prompt, sampling, tenant_id=args.tenant)
     except (PrfaasError, ValueError) as exc:
@@ -97,14 +103,7 @@ def run(args: argparse.Namespace) -> int:
     if args.router:
         return run_remote(args)
     try:
-        params = SamplingParams(
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            seed=args.seed,
-            stop_token_ids=tuple(parse_ids(args.stop_token_ids, "--stop-token-ids")),
-            ignore_eos=args.ignore_eos,
-        )
+        params = SamplingParams(**sampling_fields(args))
         folder = resolve_model(args.model)
         tokenizer = load_tokenizer(args.model, folder)
         ids = prompt_ids(args, tokenizer)
