@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from prfaas.cli import bench, demo, generate, plan, simulate, top, up
+from prfaas.cli import bench, demo, generate, link, plan, simulate, top, up
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_parser(sub)
     simulate.add_parser(sub)
     top.add_parser(sub)
+    link.add_parser(sub)
     up.add_parser(sub)
     demo.add_parser(sub)
     return parser
