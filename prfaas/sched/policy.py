@@ -3,7 +3,7 @@
 ``route`` is the short timescale (per request: PrfaaS or local PD-P, from the cached prefixes and the measured
 cluster state); ``update`` the long one (per period: re-run the §3.4.2 grid search on recent incremental
 lengths and the measured bandwidth, resetting ``t`` and recommending an ``N_p``/``N_d`` split). The router
-service's ``routing.route_by_threshold`` is the bare bandwidth-scarce rule; route names are shared with it.
+service and the simulator drive the same objects.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ from prfaas.sched.policy import (
     make_policy,
     scarce_rule,
 )
-from prfaas.sched.routing import route_by_threshold
 from prfaas.sched.scenario import paper_h20, paper_h200, paper_workload
 
 T = 10_000
@@ -76,13 +75,6 @@ def test_scarce_offloads_when_pd_increment_exceeds_t() -> None:
 def test_scarce_keeps_local_at_or_below_t() -> None:
     d = scarce_rule(RequestView(15_000, cached_pd_tokens=5_000, cached_prfaas_tokens=14_000), T)
     assert (d.route, d.incremental_tokens, d.cache_cluster, d.move_prefix) == (LOCAL, 10_000, LOCAL, False)
-
-
-@pytest.mark.parametrize("prompt", [1, 9_999, 10_000, 10_001, 50_000])
-@pytest.mark.parametrize("cached_pd", [0, 4_096])
-def test_scarce_rule_agrees_with_route_by_threshold(prompt: int, cached_pd: int) -> None:
-    cached_pd = min(cached_pd, prompt - 1)
-    assert scarce_rule(RequestView(prompt, cached_pd, 0), T).route == route_by_threshold(prompt, cached_pd, 0, T).route
 
 
 # -- the bandwidth-abundant rule ----------------------------------------------------------------------------------
