@@ -150,11 +150,6 @@ class AsyncEngine:
             if item is not _STOP and self._loop is not None:
                 self._loop.call_soon_threadsafe(_set_exception, item[1], EngineStopped(str(exc)))
 
-    def deliver_from_thread(self, ev: TokenEvent) -> None:
-        """For commands that produce events themselves (e.g. finishing an import)."""
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._deliver, ev)
-
 
 def _set_result(future: asyncio.Future[Any], value: Any) -> None:
     if not future.done():

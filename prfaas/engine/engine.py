@@ -300,8 +300,7 @@ class Engine:
             0,
         )
         manifest = replace(manifest, num_chunks=len(manifest.plan(self.spec)))
-        # Blocks and slot are bound at admission; the exporter reads through the sequence.
-        seq.exporter = StateExporter(self.cache, manifest, torch.empty(0, dtype=torch.long), -1, export.sink)
+        seq.exporter = StateExporter(self.cache, manifest, export.sink)
 
     # -- prefill -------------------------------------------------------------------------------------
     def _prefill_step(self, seq: Sequence) -> list[TokenEvent]:
@@ -309,12 +308,10 @@ class Engine:
         start, step = seq.num_computed, self.config.max_prefill_tokens
         end = min(len(seq.prompt_ids), (start // step + 1) * step)  # chunk ends are multiples of `step`
         table = seq.block_table(self._blocks_for(end))
-        exporter = seq.exporter
-        if exporter is not None:
-            exporter.block_table, exporter.slot = table, seq.slot
+        exporter, slot = seq.exporter, seq.slot
         every = self.config.snapshot_every_blocks * self.spec.block_size
         inp = PrefillInput(torch.tensor(seq.prompt_ids[start:end]), start, table, seq.slot, every)
-        hook = None if exporter is None else (lambda layer: exporter.on_layer(layer, end))
+        hook = None if exporter is None else (lambda layer: exporter.on_layer(layer, end, table, slot))
         out = self.model.prefill(self.cache, inp, hook)
         seq.num_computed = end
         self._publish_blocks(seq, end)

@@ -21,33 +21,19 @@ ChunkSink = Callable[[KvChunk], None]
 
 
 class StateExporter:
-    def __init__(
-        self, cache: HybridCache, manifest: KvManifest, block_table: Tensor, slot: int, sink: ChunkSink
-    ) -> None:
-        self.cache, self.manifest, self.block_table, self.slot, self.sink = (
-            cache,
-            manifest,
-            block_table,
-            slot,
-            sink,
-        )
-        plan = manifest.plan(cache.spec)
+    def __init__(self, cache: HybridCache, manifest: KvManifest, sink: ChunkSink) -> None:
+        self.cache, self.manifest, self.sink = cache, manifest, sink
         self._pending: dict[int, list[tuple[int, ChunkKey]]] = {}
-        for seq, key in enumerate(plan):
+        for seq, key in enumerate(manifest.plan(cache.spec)):
             self._pending.setdefault(key.layer, []).append((seq, key))
-        self.bytes_sent = 0
 
-    @property
-    def done(self) -> bool:
-        return not any(self._pending.values())
-
-    def on_layer(self, layer: LayerSpec, computed_end: int) -> None:
-        """Emit this layer's chunks that are final once tokens [0, computed_end) are computed."""
+    def on_layer(self, layer: LayerSpec, computed_end: int, block_table: Tensor, slot: int) -> None:
+        """Emit this layer's chunks that are final once tokens [0, computed_end) of the sequence whose
+        blocks and linear-state slot are given are computed."""
         queue = self._pending.get(layer.index, [])
         while queue and self._ready(queue[0][1], computed_end):
             seq, key = queue.pop(0)
-            tensor = self._read(layer, key)
-            self.bytes_sent += tensor.nbytes
+            tensor = self._read(layer, key, block_table, slot)
             self.sink(KvChunk(self.manifest.request_id, self.manifest.epoch, seq, key, tensor))
 
     def _ready(self, key: ChunkKey, computed_end: int) -> bool:
@@ -55,11 +41,11 @@ class StateExporter:
             return key.row_end <= computed_end
         return computed_end >= self.manifest.num_tokens
 
-    def _read(self, layer: LayerSpec, key: ChunkKey) -> Tensor:
+    def _read(self, layer: LayerSpec, key: ChunkKey, block_table: Tensor, slot: int) -> Tensor:
         if key.kind == FULL_KV:
-            return self.cache.read_full(layer.slot, self.block_table, key.row_start, key.row_end)
+            return self.cache.read_full(layer.slot, block_table, key.row_start, key.row_end)
         states = self.cache.recurrent if key.kind == RECURRENT else self.cache.conv
-        return states[layer.slot][self.slot, key.row_start : key.row_end].clone()
+        return states[layer.slot][slot, key.row_start : key.row_end].clone()
 
 
 class StateImporter:
@@ -70,7 +56,6 @@ class StateImporter:
             raise WireError(f"manifest announces {manifest.num_chunks} chunks, the plan has {len(plan)}")
         self.cache, self.manifest, self.block_table, self.slot = cache, manifest, block_table, slot
         self._pending = dict(enumerate(plan))
-        self.bytes_received = 0
 
     @property
     def complete(self) -> bool:
@@ -93,7 +78,6 @@ class StateImporter:
             raise WireError(f"chunk {chunk.seq} of {m.request_id}: covers {chunk.key}, plan says {key}")
         self._write(key, chunk.tensor)
         del self._pending[chunk.seq]
-        self.bytes_received += chunk.tensor.nbytes
 
     def _write(self, key: ChunkKey, tensor: Tensor) -> None:
         layer = self.cache.spec.layers[key.layer]

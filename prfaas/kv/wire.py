@@ -184,8 +184,7 @@ def pick_chunk_tokens(spec: HybridSpec, chunk_bytes: int, prefill_tokens: int) -
     """The largest block multiple dividing the prefill chunk whose full-attention rows fit `chunk_bytes`."""
     blocks = prefill_tokens // spec.block_size
     fits = max(1, chunk_bytes // (row_bytes(spec, FULL_KV) * spec.block_size))
-    best = max(d for d in range(1, blocks + 1) if blocks % d == 0 and d <= fits) if fits >= 1 else 1
-    return best * spec.block_size
+    return max(d for d in range(1, blocks + 1) if blocks % d == 0 and d <= fits) * spec.block_size
 
 
 def check_fingerprint(spec: HybridSpec, manifest: KvManifest) -> None:

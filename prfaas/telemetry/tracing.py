@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from opentelemetry import context, propagate, trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
@@ -150,8 +150,3 @@ def _wrap(handler: grpc.RpcMethodHandler, name: str, carrier: dict[str, str]) ->
     return grpc.stream_stream_rpc_method_handler(
         streaming(handler.stream_stream), handler.request_deserializer, handler.response_serializer
     )
-
-
-def current_context() -> context.Context:
-    """The active context, to carry into work that runs on another thread (the engine thread)."""
-    return context.get_current()
