@@ -1,12 +1,20 @@
-"""Launching a whole PrfaaS-PD topology on this machine as separate processes on loopback.
+"""Launching a whole PrfaaS-PD topology on this machine as separate processes.
 
 Each service is started as `python -m services.<name> --port 0 ...`; its "listening on port N" line
 tells where it is. The stack is up once every service answers `grpc.health.v1` with SERVING. On exit
-every process gets SIGTERM (graceful drain), then SIGKILL after a grace period.
+every process gets SIGTERM (graceful drain), then SIGKILL after a grace period; a child whose launcher
+dies gets SIGTERM from the kernel (`PR_SET_PDEATHSIG`), so a crash leaves no services behind.
+
+By default everything listens on loopback. With an emulated link (`LocalStack(..., link=LinkSpec)`) the
+PrfaaS cluster (its prefill workers and cache pool) runs in namespace dc1 and the local PD cluster with the
+router in dc2: every PrfaaS <-> PD byte crosses the shaped link. Services there are reached from this
+namespace through `PortForward`s on 127.0.0.1 (`Service.address`); among themselves they use the link
+addresses (`Service.internal`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -22,6 +30,10 @@ from types import TracebackType
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from prfaas.netem import LinkSpec
+from prfaas.netem.forward import PortForward
+from prfaas.netem.link import EmulatedLink
 
 _LISTENING = re.compile(r"listening on port (\d+)")
 _METRICS = re.compile(r"metrics on port (\d+)")
@@ -71,23 +83,47 @@ class Topology:
         return cls(**{**raw, **{k: v for k, v in overrides.items() if v is not None}})
 
 
+@dataclass(frozen=True, slots=True)
+class Site:
+    """Where a service runs: a network namespace (None: this one) and the address it listens on there."""
+
+    ns: str | None = None
+    host: str = "127.0.0.1"
+
+
 @dataclass
 class Service:
     name: str
     proc: subprocess.Popen[str]
+    site: Site = field(default_factory=Site)
     port: int = 0
     metrics_port: int | None = None
+    forwards: list[PortForward] = field(default_factory=list)
+
+    @property
+    def internal(self) -> str:
+        """Where other services reach it."""
+        return f"{self.site.host}:{self.port}"
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        """Where this machine's namespace (clients, health checks) reaches it."""
+        return self.forwards[0].address if self.forwards else self.internal
+
+    @property
+    def metrics_address(self) -> str | None:
+        if self.metrics_port is None:
+            return None
+        return self.forwards[1].address if len(self.forwards) > 1 else f"{self.site.host}:{self.metrics_port}"
 
 
 @dataclass
 class LocalStack:
     topology: Topology
+    link: LinkSpec | None = None  # emulate the PrfaaS -> PD link: the two clusters in their own namespaces
     services: list[Service] = field(default_factory=list)
     log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="prfaas-stack-")))
+    emulated: EmulatedLink | None = None
 
     @property
     def router(self) -> str:
@@ -95,24 +131,46 @@ class LocalStack:
 
     def __enter__(self) -> LocalStack:
         try:
+            if self.link is not None:
+                self.emulated = EmulatedLink(self.link)
+                self.emulated.start()
             self._launch()
         except BaseException:
             self.stop()
             raise
         return self
 
+    def _site(self, cluster: str) -> Site:
+        """The PrfaaS cluster sits in dc1, the PD cluster (and the router) in dc2."""
+        if self.emulated is None:
+            return Site()
+        if cluster == "prfaas":
+            return Site(self.emulated.dc1, self.emulated.dc1_addr)
+        return Site(self.emulated.dc2, self.emulated.dc2_addr)
+
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.stop()
 
-    def _start(self, name: str, module: str, *args: str, port: int = 0) -> Service:
+    def _start(self, name: str, module: str, *args: str, cluster: str = "pd", port: int = 0) -> Service:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "OTEL_SERVICE_NAME": f"prfaas-{name}"}
-        cmd = [sys.executable, "-m", f"services.{module}", "--port", str(port), "--metrics-port", "0", *args]
+        site = self._site(cluster)
+        inner_port = 0 if site.ns else port
+        cmd = [sys.executable, "-m", f"services.{module}", "--host", site.host, "--port", str(inner_port)]
+        cmd += ["--metrics-port", "0", *args]
+        if site.ns is not None:
+            cmd = ["ip", "netns", "exec", site.ns, *cmd]
         with open(self.log_dir / f"{name}.log", "w") as log:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=_repo_root())
-        service = Service(name, proc)
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=_repo_root(), preexec_fn=_die_with_us
+            )
+        service = Service(name, proc, site)
         self.services.append(service)
         service.port, service.metrics_port = _read_ports(service)
         threading.Thread(target=_drain, args=(proc,), daemon=True).start()
+        if site.ns is not None:
+            service.forwards.append(PortForward(site.ns, site.host, service.port, port))
+            if service.metrics_port is not None:
+                service.forwards.append(PortForward(site.ns, site.host, service.metrics_port))
         return service
 
     def _engine_args(self) -> list[str]:
@@ -140,16 +198,20 @@ class LocalStack:
 
     def _launch(self) -> None:
         t = self.topology
-        pools = {c: self._start(f"cachepool-{c}", "cachepool", "--backend", t.pool_backend) for c in ("prfaas", "pd")}
+        pools = {
+            c: self._start(f"cachepool-{c}", "cachepool", "--backend", t.pool_backend, cluster=c)
+            for c in ("prfaas", "pd")
+        }
         decode = [self._start(f"decode-{i}", "decode", *self._engine_args()) for i in range(t.decode)]
         prefill: dict[str, list[Service]] = {"prfaas": [], "pd": []}
         for cluster, count in (("prfaas", t.prfaas_prefill), ("pd", t.pd_prefill)):
-            role = ["--cluster", cluster, "--mock-role", cluster, "--pool", pools[cluster].address]
+            role = ["--cluster", cluster, "--mock-role", cluster, "--pool", pools[cluster].internal]
             prefill[cluster] = [
-                self._start(f"prefill-{cluster}-{i}", "prefill", *self._engine_args(), *role) for i in range(count)
+                self._start(f"prefill-{cluster}-{i}", "prefill", *self._engine_args(), *role, cluster=cluster)
+                for i in range(count)
             ]
         dual = [
-            self._start(f"pd-{i}", "pd", *self._engine_args(), "--mock-role", "pd", "--pool", pools["pd"].address)
+            self._start(f"pd-{i}", "pd", *self._engine_args(), "--mock-role", "pd", "--pool", pools["pd"].internal)
             for i in range(t.pd_workers)
         ]
         self._start(
@@ -162,7 +224,7 @@ class LocalStack:
             "--policy",
             t.policy,
             "--link-gbps",
-            str(t.link_gbps),
+            str(t.link_gbps if self.link is None else self.link.rate_bps / 1e9),
             "--replan-period-s",
             str(t.replan_period_s),
             "--model",
@@ -180,9 +242,9 @@ class LocalStack:
             "--pd-prefill",
             _join(prefill["pd"]),
             "--prfaas-pool",
-            pools["prfaas"].address,
+            pools["prfaas"].internal,
             "--pd-pool",
-            pools["pd"].address,
+            pools["pd"].internal,
             port=t.router_port,
         )
         for s in self.services:
@@ -190,7 +252,7 @@ class LocalStack:
 
     def top_command(self) -> str:
         """A `prfaas top` invocation watching this stack."""
-        targets = ",".join(f"{s.name}=127.0.0.1:{s.metrics_port}" for s in self.services if s.metrics_port)
+        targets = ",".join(f"{s.name}={s.metrics_address}" for s in self.services if s.metrics_address)
         return f"prfaas top --targets {targets} --grpc " + ",".join(f"{s.name}={s.address}" for s in self.services)
 
     def stop(self, grace_s: float = 10.0) -> None:
@@ -204,7 +266,11 @@ class LocalStack:
             except subprocess.TimeoutExpired:
                 s.proc.kill()
                 s.proc.wait()
+            for forward in s.forwards:
+                forward.close()
         self.services.clear()
+        if self.emulated is not None:
+            self.emulated.teardown()
 
 
 def _drain(proc: subprocess.Popen[str]) -> None:
@@ -215,7 +281,15 @@ def _drain(proc: subprocess.Popen[str]) -> None:
 
 
 def _join(services: list[Service]) -> str:
-    return ",".join(s.address for s in services)
+    return ",".join(s.internal for s in services)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_us() -> None:
+    """In the child before exec: the kernel sends SIGTERM if the launching thread dies (even by SIGKILL)."""
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _repo_root() -> str:

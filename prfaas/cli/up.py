@@ -11,6 +11,8 @@ from pathlib import Path
 
 from prfaas.cli.stack import LocalStack, Topology
 from prfaas.cli.trace_ui import TraceUiUnavailable, start_trace_ui
+from prfaas.netem import LinkSpec, parse_link_spec
+from prfaas.netem.shaper import LinkError
 
 
 def add_topology_args(p: argparse.ArgumentParser) -> None:
@@ -36,6 +38,12 @@ def topology_from(args: argparse.Namespace) -> Topology:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("up", help="start a PrfaaS-PD topology on this machine (one process per service)")
     add_topology_args(p)
+    p.add_argument(
+        "--emulate-link",
+        metavar="SPEC",
+        help="put the PrfaaS and PD clusters in two network namespaces joined by a link shaped as SPEC "
+        "(rate=1gbit,delay=5ms[,loss=0.1%%]); needs root; change it live with `prfaas link set`",
+    )
     p.add_argument("--trace-ui", action="store_true", help="start Arize Phoenix as the trace receiver and UI")
     p.add_argument("--trace-ui-port", type=int, default=6006)
     p.set_defaults(run=run)
@@ -44,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         topology = topology_from(args)
+        link = link_from(args.emulate_link)
     except ValueError as exc:
         print(f"prfaas up: error: {exc}", file=sys.stderr)
         return 2
@@ -60,18 +69,39 @@ def run(args: argparse.Namespace) -> int:
         os.environ.update(ui.export_env())  # the services inherit it
         print(f"trace UI at {ui.url}", flush=True)
     try:
-        return _serve(topology, stop)
+        return _serve(topology, link, stop)
+    except LinkError as exc:
+        print(f"prfaas up: error: {exc}", file=sys.stderr)
+        return 2
     finally:
         if ui is not None:
             ui.stop()
 
 
-def _serve(topology: Topology, stop: threading.Event) -> int:
+def link_from(spec: str | None) -> LinkSpec | None:
+    """The `--emulate-link` spec, or None; refuses early (before anything starts) without root."""
+    if spec is None:
+        return None
+    link = parse_link_spec(spec)
+    if os.geteuid() != 0:
+        raise ValueError("--emulate-link needs root (it creates network namespaces and tc qdiscs); run as root")
+    return link
+
+
+def _serve(topology: Topology, link: LinkSpec | None, stop: threading.Event) -> int:
     print(f"starting {topology} (logs in the folder printed below)", file=sys.stderr)
-    with LocalStack(topology) as stack:
+    with LocalStack(topology, link) as stack:
         print(f"logs: {stack.log_dir}", file=sys.stderr)
+        if stack.emulated is not None:
+            e = stack.emulated
+            print(
+                f"emulated link {link}: PrfaaS cluster in {e.dc1} ({e.dc1_addr}), PD cluster in {e.dc2} "
+                f"({e.dc2_addr}); change it with: prfaas link set rate=...",
+                file=sys.stderr,
+            )
         for s in stack.services:
-            print(f"  {s.name:20} {s.address}", file=sys.stderr)
+            where = f"  (inside: {s.site.ns} {s.internal})" if s.site.ns else ""
+            print(f"  {s.name:20} {s.address}{where}", file=sys.stderr)
         print(f"watch it with: {stack.top_command()}", file=sys.stderr)
         print(f"router listening on {stack.router}", flush=True)
         stop.wait()

@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -153,6 +154,7 @@ class EmulatedLink:
         self._state_mtime_ns = 0
         self._started = self._torn_down = False
         self._previous: dict[int, _Handler] = {}
+        self._reaper: subprocess.Popen[bytes] | None = None
 
     @property
     def state(self) -> LinkState:
@@ -180,6 +182,7 @@ class EmulatedLink:
         if taken:
             raise LinkError(f"{sorted(taken)} exist: this process already runs a link (one per process)")
         self._install_cleanup()
+        self._reaper = _start_reaper(self._state.pid, self._prefix, self._state_dir)
         try:
             self._build()
         except BaseException:
@@ -203,6 +206,9 @@ class EmulatedLink:
             _delete_namespace(ns)
         state_path(self._state.pid, self._state_dir).unlink(missing_ok=True)
         self._uninstall_cleanup()
+        if self._reaper is not None:
+            self._reaper.terminate()
+            self._reaper.wait()
 
     def _build(self) -> None:
         for ns in self._state.namespaces:
@@ -263,6 +269,12 @@ class EmulatedLink:
         self.teardown()
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+
+
+def _start_reaper(pid: int, prefix: str, state_dir: Path) -> subprocess.Popen[bytes]:
+    """A watcher that tears the link down if this process is killed outright (`prfaas.netem.reaper`)."""
+    argv = [sys.executable, "-m", "prfaas.netem.reaper", str(pid), prefix, str(state_dir)]
+    return subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL)
 
 
 def _add_namespace(name: str) -> None:
