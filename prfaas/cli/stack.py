@@ -58,6 +58,7 @@ class Topology:
     router_port: int = 0
     time_scale: float = 0.01
     bytes_scale: float = 0.01
+    decode_step_scale: float = 1.0  # mock engines: decode steps take this much longer (fewer, longer tokens)
     num_blocks: int = 2048  # KV blocks per engine
     max_seqs: int = 32  # sequences per engine (the decode batch limit)
     max_prefill_tokens: int = 2048  # prefill chunk per engine step
@@ -186,6 +187,8 @@ class LocalStack:
             str(t.time_scale),
             "--bytes-scale",
             str(t.bytes_scale),
+            "--decode-step-scale",
+            str(t.decode_step_scale),
             "--num-blocks",
             str(t.num_blocks),
             "--max-seqs",

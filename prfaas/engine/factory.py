@@ -26,6 +26,7 @@ class EngineSettings:
     mock_role: str = "pd"  # which paper profile the mock follows: "prfaas" (H200) or "pd" (H20)
     time_scale: float = 0.01
     bytes_scale: float = 0.01
+    decode_step_scale: float = 1.0  # mock: extra factor on the decode step time (see MockSettings)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINE_KINDS:
@@ -48,5 +49,5 @@ def build_engine(s: EngineSettings) -> Engine:
     if s.engine == "mock":
         from prfaas.model.mock import MockModel, paper_mock
 
-        return Engine(MockModel.from_settings(paper_mock(s.mock_role, s.time_scale, s.bytes_scale)), s.engine_config())
+        return Engine(MockModel.from_settings(paper_mock(s.mock_role, s.time_scale, s.bytes_scale, s.decode_step_scale)), s.engine_config())
     return Engine.from_pretrained(s.model, s.engine_config())

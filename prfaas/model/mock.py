@@ -65,11 +65,17 @@ class MockSettings:
     profile: HardwareProfile
     time_scale: float = 1.0  # multiplies every modelled duration
     bytes_scale: float = 1.0  # multiplies KV bytes per token and the fixed linear-state bytes
+    # Multiplies the decode step time on top of time_scale. Serving benchmarks generate k x fewer output
+    # tokens than the paper's and stretch each step k x, so a request holds its decode slot as long and the
+    # decode capacity in requests/s is the paper's, with k x fewer token messages to stream.
+    decode_step_scale: float = 1.0
     vocab_size: int = 512
 
     def __post_init__(self) -> None:
         if not (self.time_scale >= 0 and math.isfinite(self.time_scale)):
             raise ValueError(f"time_scale must be a finite number >= 0 (e.g. 0.01), got {self.time_scale}")
+        if not (self.decode_step_scale > 0 and math.isfinite(self.decode_step_scale)):
+            raise ValueError(f"decode_step_scale must be a finite number > 0, got {self.decode_step_scale}")
         if not (0 < self.bytes_scale <= 1):
             raise ValueError(f"bytes_scale must be in (0, 1] (e.g. 0.01), got {self.bytes_scale}")
 
@@ -84,13 +90,13 @@ class MockSettings:
         return self.profile.kv_bytes(0) * self.bytes_scale
 
 
-def paper_mock(role: str, time_scale: float, bytes_scale: float) -> MockSettings:
+def paper_mock(role: str, time_scale: float, bytes_scale: float, decode_step_scale: float = 1.0) -> MockSettings:
     """Role "prfaas" = the paper's 8xH200 (prefill only), "pd" = 8xH20. Both share the KV law, hence one
     `mock_config` and one fingerprint: their states are interchangeable."""
     make = PAPER_ROLES.get(role)
     if make is None:
         raise ValueError(f"unknown role {role!r}: use one of {sorted(PAPER_ROLES)}")
-    return MockSettings(make(), time_scale, bytes_scale)
+    return MockSettings(make(), time_scale, bytes_scale, decode_step_scale)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +198,8 @@ class MockModel:
         cap = self.settings.profile.decode
         if cap is None:
             raise RuntimeError(f"{self.settings.profile.name} has no decode capacity: prefill only")
-        return math.ceil(batch_size / cap.max_batch_size) * cap.step_s * self.settings.time_scale
+        waves = math.ceil(batch_size / cap.max_batch_size)
+        return waves * cap.step_s * self.settings.time_scale * self.settings.decode_step_scale
 
     def prefill(self, cache: HybridCache, inp: PrefillInput, hook: LayerHook | None = None) -> PrefillOutput:
         end = inp.start + inp.token_ids.shape[0]

@@ -118,6 +118,15 @@ def test_decode_steps_sleep_the_step_time() -> None:
     assert batch_s == pytest.approx([step_s, step_s, 2 * step_s, 3 * step_s])  # BS_max = 19.968: waves
 
 
+def test_decode_step_scale_stretches_only_decode_steps() -> None:
+    base = MockModel.from_settings(paper_mock("pd", TIME_SCALE, 0.01))
+    stretched = MockModel.from_settings(paper_mock("pd", TIME_SCALE, 0.01, decode_step_scale=32.0))
+    assert stretched.decode_seconds(20) == pytest.approx(32.0 * base.decode_seconds(20))
+    assert stretched.prefill_seconds(0, 4096) == base.prefill_seconds(0, 4096)
+    with pytest.raises(ValueError, match="decode_step_scale must be"):
+        paper_mock("pd", TIME_SCALE, 0.01, decode_step_scale=0.0)
+
+
 def test_prefill_only_profile_refuses_to_decode() -> None:
     with pytest.raises(RuntimeError, match="prefill only"):
         make_engine(make_model("prfaas")).generate([prompt(10, 0)], GREEDY)
