@@ -1,0 +1,156 @@
+"""`prfaas bench serve`: end-to-end serving benchmark (see `prfaas.bench.serve`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from prfaas.bench.load import WORKLOADS, WorkloadSpec, build_requests
+from prfaas.bench.serve import LinkEvent, RunResult, policy_topology, predicted_rps, run_policy
+from prfaas.bench.serve_report import ServeSummary, Slo, format_compare, format_summary, plot, summarize
+from prfaas.cli.stack import Topology
+from prfaas.cli.up import link_from
+from prfaas.netem.shaper import LinkError
+from prfaas.sched.policy import POLICIES
+from prfaas.sim.experiment import DEFAULT_TRACE
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "serve-mock.json"
+
+
+def add_parser(kinds: argparse._SubParsersAction) -> None:
+    s = kinds.add_parser(
+        "serve", help="open-loop serving benchmark on a local topology (optionally over the emulated link)"
+    )
+    s.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="topology JSON (default: %(default)s)")
+    s.add_argument("--engine", choices=["real", "mock"], help="override the config's engine")
+    s.add_argument("--emulate-link", metavar="SPEC", help="PrfaaS <-> PD link, e.g. rate=1gbit,delay=5ms (root)")
+    s.add_argument("--link-event", action="append", default=[], metavar="S:SPEC", help="e.g. 60:rate=200mbit")
+    s.add_argument("--policy", default="prfaas", help="routing policy for a single run")
+    s.add_argument("--compare", help="comma-separated policies run one after another on the same workload")
+    s.add_argument("--workload", choices=WORKLOADS, default="lognormal")
+    s.add_argument("--rate-rps", type=float, help="Poisson rate (default 1; mooncake: the trace's own times)")
+    s.add_argument("--duration-s", type=float, default=60.0, help="arrivals stop after this")
+    s.add_argument("--warmup-s", type=float, default=10.0, help="excluded from throughput and latency figures")
+    s.add_argument("--drain-s", type=float, default=30.0, help="wait this long for stragglers after the last arrival")
+    s.add_argument("--output-tokens", type=int, default=16)
+    s.add_argument("--length-scale", type=float, default=1.0, help="multiply prompt/output lengths")
+    s.add_argument("--max-prompt-tokens", type=int, help="clip prompts (e.g. the real model's context)")
+    s.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--slo-ttft-s", type=float, default=5.0)
+    s.add_argument("--slo-tpot-s", type=float, default=1.0)
+    s.add_argument("--out", type=Path, help="write summary.json, records.json and serve.png here")
+    s.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        policies = _policies(args.compare or args.policy)
+        overrides = {"engine": args.engine}
+        base = Topology.from_file(args.config, **overrides)
+        link = link_from(args.emulate_link)
+        events = [LinkEvent.parse(e) for e in args.link_event]
+        if events and link is None:
+            raise ValueError("--link-event needs --emulate-link")
+        spec = WorkloadSpec(
+            args.workload,
+            args.rate_rps if args.rate_rps or args.workload == "mooncake" else 1.0,
+            args.duration_s,
+            args.output_tokens,
+            args.length_scale,
+            args.max_prompt_tokens,
+            args.seed,
+            args.trace,
+        )
+        if not 0 <= args.warmup_s < args.duration_s:
+            raise ValueError("--warmup-s must be >= 0 and below --duration-s")
+    except ValueError as exc:
+        print(f"prfaas bench serve: error: {exc}", file=sys.stderr)
+        return 2
+    requests = build_requests(spec)
+    slo = Slo(args.slo_ttft_s, args.slo_tpot_s)
+    runs: list[RunResult] = []
+    summaries: list[ServeSummary] = []
+    for policy in policies:
+        topology = policy_topology(base, policy)
+        print(
+            f"{policy}: {len(requests)} requests over {spec.duration_s:g} s on {_describe(topology)}", file=sys.stderr
+        )
+        progress = None if args.quiet else _progress_bar(policy)
+        try:
+            result = run_policy(
+                topology,
+                link,
+                requests,
+                spec,
+                warmup_s=args.warmup_s,
+                events=events,
+                drain_s=args.drain_s,
+                progress=progress,
+            )
+        except LinkError as exc:
+            print(f"prfaas bench serve: error: {exc}", file=sys.stderr)
+            return 2
+        predicted = predicted_rps(base, policy, link, args.output_tokens) if base.engine == "mock" else None
+        runs.append(result)
+        summaries.append(summarize(result, slo, predicted))
+        if not args.json:
+            print(format_summary(summaries[-1]), flush=True)
+    if args.json:
+        print(json.dumps([s.as_dict() for s in summaries]))
+    elif len(summaries) > 1:
+        print(format_compare(summaries))
+    if args.out is not None:
+        _write(args.out, runs, summaries)
+    return 0
+
+
+def _policies(text: str) -> list[str]:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in names if p not in POLICIES]
+    if not names or unknown:
+        raise ValueError(f"unknown policies {unknown or text!r}; choose from {', '.join(POLICIES)}")
+    return names
+
+
+def _describe(t: Topology) -> str:
+    return f"{t.engine} engines, {t.prfaas_prefill} PrfaaS prefill + {t.pd_prefill} PD prefill + {t.decode} decode"
+
+
+def _progress_bar(policy: str) -> Callable[[int, int, float], None]:
+    """A bar redrawn in place on a terminal; elsewhere (logs, CI) a line every 10 s."""
+    tty = sys.stderr.isatty()
+    last = [-math.inf]
+
+    def show(done: int, total: int, elapsed_s: float) -> None:
+        final = done >= total
+        if not tty and not final and elapsed_s - last[0] < 10.0:
+            return
+        last[0] = elapsed_s
+        filled = 30 * done // max(total, 1)
+        line = f"  {policy:<16} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} finished {elapsed_s:6.1f} s"
+        print(("\r" if tty else "") + line, end="\n" if final or not tty else "", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _write(out: Path, runs: list[RunResult], summaries: list[ServeSummary]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps([s.as_dict() for s in summaries], indent=2))
+    records = {
+        r.policy: {
+            "records": [dataclasses.asdict(rec) for rec in r.records],
+            "samples": [dataclasses.asdict(s) for s in r.samples],
+        }
+        for r in runs
+    }
+    (out / "records.json").write_text(json.dumps(records))
+    plot(runs, out / "serve.png")
+    print(f"wrote {out / 'summary.json'}, {out / 'records.json'}, {out / 'serve.png'}", file=sys.stderr)
