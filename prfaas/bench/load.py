@@ -31,7 +31,14 @@ from prfaas.sim.arrivals import poisson_arrivals, rate_segments, trace_arrivals
 from prfaas.sim.experiment import DEFAULT_TRACE
 
 WORKLOADS = ("lognormal", "mooncake", "shared-prefix")
-TOKEN_RANGE = (1, 500)  # token ids valid for both the tiny model and the mock engines
+TOKEN_RANGE = (1, 500)
+BREAKDOWN = (
+    "route_s",
+    "queue_s",
+    "prefill_s",
+    "transfer_tail_s",
+    "decode_admit_s",
+)  # token ids valid for both the tiny model and the mock engines
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +150,7 @@ class RequestRecord:
     cached_tokens: int = 0
     kv_bytes: int = 0
     error: str | None = None  # gRPC status name, or "unfinished" when the run ended first
+    breakdown_s: dict[str, float] | None = None  # the router's TTFT split (RouteInfo route_s ... decode_admit_s)
 
     @property
     def ok(self) -> bool:
@@ -184,7 +192,7 @@ async def run_load(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if ticker is not None:
+        if ticker is not None and progress is not None:
             ticker.cancel()
             progress(sum(r.done_s is not None or r.error is not None for r in records), len(records), clock())
     for rec in records:
@@ -202,6 +210,7 @@ async def _one(client: AsyncClient, req: LoadRequest, rec: RequestRecord, clock:
             if chunk.route is not None:
                 rec.route, rec.cached_tokens = chunk.route.route, chunk.route.cached_tokens
                 rec.kv_bytes = chunk.route.kv_bytes
+                rec.breakdown_s = {k: getattr(chunk.route, k) for k in BREAKDOWN}
             if chunk.token_ids and rec.first_token_s is None:
                 rec.first_token_s = now
             rec.num_tokens += len(chunk.token_ids)

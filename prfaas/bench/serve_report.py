@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from prfaas.bench.load import RequestRecord
+from prfaas.bench.load import BREAKDOWN, RequestRecord
 from prfaas.bench.serve import RunResult, Sample
 
 PERCENTILES = (50, 90, 99)
@@ -40,6 +40,7 @@ class ServeSummary:
     link_utilization_mean: float | None  # mean of link bit/s over the shaped rate, over busy samples
     link_utilization_p90: float | None
     predicted_rps: float | None = None  # the planner's throughput for this deployment, scaled
+    ttft_breakdown_s: dict[str, dict[str, float]] = field(default_factory=dict)  # route -> mean of each part
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,7 +84,18 @@ def summarize(run: RunResult, slo: Slo, predicted_rps: float | None = None) -> S
         float(np.mean(util)) if util else None,
         float(np.percentile(util, 90)) if util else None,
         predicted_rps,
+        _breakdowns(steady),
     )
+
+
+def _breakdowns(records: Sequence[RequestRecord]) -> dict[str, dict[str, float]]:
+    """Per route, the mean of each TTFT part as the router measured it, next to the client's mean TTFT."""
+    out = {}
+    for route in sorted({r.route for r in records if r.breakdown_s}):
+        mine = [r for r in records if r.route == route and r.breakdown_s and r.ttft_s is not None]
+        parts = {k: float(np.mean([r.breakdown_s[k] for r in mine if r.breakdown_s])) for k in BREAKDOWN}
+        out[route] = {**parts, "ttft_s": float(np.mean([r.ttft_s for r in mine if r.ttft_s is not None]))}
+    return out
 
 
 def _meets(r: RequestRecord, slo: Slo) -> bool:
@@ -100,6 +112,9 @@ def format_summary(s: ServeSummary) -> str:
         f"  TTFT p50/p90/p99 {ms(s.ttft_s)} ms, TPOT p50/p90/p99 {ms(s.tpot_s)} ms",
         f"  offloaded {s.offload_fraction:.1%}, KV shipped by PrfaaS {s.kv_bytes_prfaas / 1e6:.1f} MB",
     ]
+    for route, parts in s.ttft_breakdown_s.items():
+        split = ", ".join(f"{k.removesuffix('_s')} {v * 1e3:.0f}" for k, v in parts.items())
+        lines.append(f"  TTFT split ({route}, mean ms): {split}")
     if s.link_bytes is not None:
         mean = "n/a" if s.link_utilization_mean is None else f"{s.link_utilization_mean:.1%}"
         p90 = "n/a" if s.link_utilization_p90 is None else f"{s.link_utilization_p90:.1%}"

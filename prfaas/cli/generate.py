@@ -14,6 +14,8 @@ from prfaas.model.checkpoint import CheckpointError
 from prfaas.model.tiny import TINY_NAME, resolve_model
 from prfaas.model.tokenizer import Tokenizer, load_tokenizer
 
+BREAKDOWN = ("route_s", "queue_s", "prefill_s", "transfer_tail_s", "decode_admit_s")
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate tokens for one prompt with a local engine")
@@ -85,6 +87,7 @@ def run_remote(args: argparse.Namespace) -> int:
             "cached_tokens": route.cached_tokens if route else 0,
             "kv_bytes": route.kv_bytes if route else 0,
             "ttft_s": route.ttft_s if route else None,
+            "ttft_breakdown_s": {k: getattr(route, k) for k in BREAKDOWN} if route else None,
             "elapsed_s": round(r.elapsed_s, 4),
         }
         print(json.dumps(out))

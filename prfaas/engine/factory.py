@@ -49,5 +49,8 @@ def build_engine(s: EngineSettings) -> Engine:
     if s.engine == "mock":
         from prfaas.model.mock import MockModel, paper_mock
 
-        return Engine(MockModel.from_settings(paper_mock(s.mock_role, s.time_scale, s.bytes_scale, s.decode_step_scale)), s.engine_config())
+        return Engine(
+            MockModel.from_settings(paper_mock(s.mock_role, s.time_scale, s.bytes_scale, s.decode_step_scale)),
+            s.engine_config(),
+        )
     return Engine.from_pretrained(s.model, s.engine_config())

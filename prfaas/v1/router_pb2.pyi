@@ -42,7 +42,7 @@ class GenerateResponse(_message.Message):
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., route: _Optional[_Union[RouteInfo, _Mapping]] = ...) -> None: ...
 
 class RouteInfo(_message.Message):
-    __slots__ = ("route", "reason", "cached_tokens", "kv_bytes", "ttft_s", "prompt_tokens", "prefill_worker", "decode_worker")
+    __slots__ = ("route", "reason", "cached_tokens", "kv_bytes", "ttft_s", "prompt_tokens", "prefill_worker", "decode_worker", "route_s", "queue_s", "prefill_s", "transfer_tail_s", "decode_admit_s")
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,11 @@ class RouteInfo(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_WORKER_FIELD_NUMBER: _ClassVar[int]
     DECODE_WORKER_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_S_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_S_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_S_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_TAIL_S_FIELD_NUMBER: _ClassVar[int]
+    DECODE_ADMIT_S_FIELD_NUMBER: _ClassVar[int]
     route: _common_pb2.Route
     reason: str
     cached_tokens: int
@@ -59,4 +64,9 @@ class RouteInfo(_message.Message):
     prompt_tokens: int
     prefill_worker: str
     decode_worker: str
-    def __init__(self, route: _Optional[_Union[_common_pb2.Route, str]] = ..., reason: _Optional[str] = ..., cached_tokens: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., ttft_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., prefill_worker: _Optional[str] = ..., decode_worker: _Optional[str] = ...) -> None: ...
+    route_s: float
+    queue_s: float
+    prefill_s: float
+    transfer_tail_s: float
+    decode_admit_s: float
+    def __init__(self, route: _Optional[_Union[_common_pb2.Route, str]] = ..., reason: _Optional[str] = ..., cached_tokens: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., ttft_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., prefill_worker: _Optional[str] = ..., decode_worker: _Optional[str] = ..., route_s: _Optional[float] = ..., queue_s: _Optional[float] = ..., prefill_s: _Optional[float] = ..., transfer_tail_s: _Optional[float] = ..., decode_admit_s: _Optional[float] = ...) -> None: ...

@@ -54,6 +54,10 @@ def test_bench_serve_runs_a_workload_and_reports_it(tmp_path: Path) -> None:
     assert 0 < ttft["p50"] <= ttft["p90"] <= ttft["p99"] and tpot["p50"] > 0
     records = json.loads((tmp_path / "out" / "records.json").read_text())["prfaas"]["records"]
     assert sum(r["cached_tokens"] > 0 for r in records) > 0  # shared prefixes were reused
+    for r in records:  # the router's TTFT split fits inside the TTFT the client saw
+        parts = r["breakdown_s"]
+        assert parts["prefill_s"] > 0 and all(v >= 0 for v in parts.values())
+        assert sum(parts.values()) <= r["first_token_s"] - r["at_s"] + 0.01
 
 
 def test_bench_serve_compares_policies_across_the_emulated_link(tmp_path: Path) -> None:

@@ -117,7 +117,7 @@ def test_up_with_an_emulated_link_serves_across_it_and_stops_cleanly(up: tuple[s
 
 
 def test_a_killed_launcher_leaves_no_services_or_namespaces(up: tuple[subprocess.Popen[str], str]) -> None:
-    proc, router = up
+    proc, _ = up
     namespaces, children = _link_namespaces(proc.pid), _children(proc.pid)
     assert len(namespaces) == 2 and len(children) >= 6
     proc.kill()
