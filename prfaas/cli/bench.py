@@ -22,12 +22,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     e.add_argument("--json", action="store_true")
     e.set_defaults(run=run_engine)
-    t = kinds.add_parser("transfer", help="KV transfer over the gRPC path vs raw TCP, same bytes, loopback")
+    t = kinds.add_parser(
+        "transfer", help="KV transfer via send_state (TCP data plane, in-band gRPC) vs raw TCP, same bytes, loopback"
+    )
     t.add_argument("--total-mib", type=int, default=256)
     t.add_argument("--chunk-mib", type=int, default=4)
     t.add_argument("--streams", type=int, default=1)
     t.add_argument("--repeats", type=int, default=3)
-    t.add_argument("--json", action="store_true", help="print grpc_gbps, tcp_gbps, ratio (and the rest) as JSON")
+    t.add_argument(
+        "--json",
+        action="store_true",
+        help="print grpc_gbps (as deployed: data plane), inband_gbps, tcp_gbps, ratio, inband_ratio (and the rest)",
+    )
     t.set_defaults(run=run_transfer)
     o = kinds.add_parser("overlap", help="how much of a KV transfer layer-wise streaming hides (real workers)")
     o.add_argument("--prompt-tokens", type=int, default=8192)

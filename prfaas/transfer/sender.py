@@ -11,11 +11,17 @@ The receiver says which prefix it already holds (`start_tokens`) before anything
 only what it lacks is produced and sent. Each stream has its own credit window; a chunk goes to the
 stream with the most free credit. Commit is sent only once every chunk on every stream has been
 credited back, i.e. applied by the receiver.
+
+With a `DataPlaneTarget` each open asks for the receiver's data plane (`prfaas/transfer/dataplane.py`):
+a stream whose accept offers a data port carries its chunks on its own TCP connection to that port
+instead of on the stream; open, manifest, credits and commit stay on the stream. A receiver that offers
+no port gets the chunks in-band.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,6 +30,7 @@ from typing import Any
 import grpc
 
 from prfaas.kv.wire import KvManifest
+from prfaas.transfer.dataplane import DataConnection, DataPlaneError
 from prfaas.transfer.flow import CreditWindow
 from prfaas.transfer.framing import METHOD, parse_request
 from prfaas.v1 import decode_pb2
@@ -43,6 +50,14 @@ class PreparedExport:
 
 
 @dataclass(frozen=True, slots=True)
+class DataPlaneTarget:
+    """Ask for the receiver's data plane: `host` is the receiver's (its port comes in the accept)."""
+
+    host: str
+    ssl_context: ssl.SSLContext | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TransferStats:
     kv_bytes: int
     num_chunks: int
@@ -51,35 +66,97 @@ class TransferStats:
     transfer_s: float
     stalled_s: float  # summed over streams: time spent waiting for credit
     first_token_id: int
+    transport: str = "grpc"  # "tcp": the chunks went on data connections, "grpc": in-band
 
 
 class _Stream:
-    """One bidirectional stream with its credit window and credit reader."""
+    """One bidirectional stream with its credit window, its credit reader and, on the data plane, its
+    data connection."""
 
     def __init__(self, call: Any) -> None:
         self.call = call
         self.window = CreditWindow()
         self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.reader: asyncio.Task[None] | None = None
+        self.data: DataConnection | None = None
         self.sent = 0
 
     async def open(self, opened: decode_pb2.TransferOpen) -> decode_pb2.TransferAccept:
-        await self.call.write(decode_pb2.TransferKvRequest(open=opened).SerializeToString())
+        await self._write(decode_pb2.TransferKvRequest(open=opened).SerializeToString())
         accept = (await _read(self.call)).accept
         await self.window.grant(accept.credit_bytes)
-        self.reader = asyncio.create_task(_read_credits(self.call, self.window, self.done))
+        self.reader = asyncio.create_task(self._read_credits())
         return accept
 
+    async def connect(self, accept: decode_pb2.TransferAccept, target: DataPlaneTarget, timeout_s: float) -> None:
+        self.data = await DataConnection.open(
+            target.host, accept.data_port, accept.data_token, timeout_s, target.ssl_context
+        )
+
     async def send(self, frame: bytes) -> None:
-        """Write one chunk frame as is; credit is counted in chunk bytes, as the receiver returns it."""
-        size = len(parse_request(frame))
-        await self.window.acquire(size)
-        await self.call.write(frame)
-        self.sent += size
+        """Write one chunk frame as is (or its chunk bytes on the data connection); credit is counted in
+        chunk bytes, as the receiver returns it."""
+        chunk = parse_request(frame)
+        assert isinstance(chunk, memoryview)
+        await self.window.acquire(len(chunk))
+        if self.data is None:
+            await self._write(frame)
+        else:
+            try:
+                await self.data.send(chunk)
+            except DataPlaneError as exc:
+                raise self.window.error or exc from None  # the receiver's reason, when it gave one
+        self.sent += len(chunk)
+
+    async def finish(self, primary: bool) -> None:
+        """No more chunks on this stream."""
+        if self.data is not None:
+            await self.data.finish()
+        if not primary:
+            await self.call.done_writing()
+
+    async def _write(self, message: bytes) -> None:
+        """Write on the stream; when the call has already ended (receiver unreachable, or it refused the
+        transfer), raise why instead of grpc's bare "RPC already finished"."""
+        try:
+            await self.call.write(message)
+        except asyncio.InvalidStateError:
+            code, details = await self.call.code(), await self.call.details()
+            raise self.window.error or TransferError(f"receiver ended the transfer: {code.name} {details}") from None
 
     def close(self) -> None:
         if self.reader is not None:
             self.reader.cancel()
+        if self.data is not None:
+            self.data.close()
+
+    async def _read_credits(self) -> None:
+        try:
+            while True:
+                msg = await self.call.read()
+                if msg is grpc.aio.EOF:
+                    code = await self.call.code()
+                    if code == grpc.StatusCode.OK and self.window.in_flight == 0:  # a parallel stream's end
+                        if not self.done.done():
+                            self.done.set_result(0)
+                        return
+                    raise TransferError(
+                        f"receiver closed the transfer: {code.name if code else 'EOF'} {await self.call.details()}"
+                    )
+                assert isinstance(msg, decode_pb2.TransferKvResponse)
+                kind = msg.WhichOneof("msg")
+                if kind == "credit_bytes":
+                    await self.window.grant(msg.credit_bytes)
+                elif kind == "done":
+                    self.done.set_result(msg.done.kv_bytes)
+                    return
+        except (TransferError, grpc.aio.AioRpcError) as exc:
+            error = TransferError(str(exc))
+            await self.window.fail(error)
+            if self.data is not None:
+                self.data.abort()  # a sender blocked on the data connection wakes up
+            if not self.done.done():
+                self.done.set_exception(error)
 
 
 def transfer_call(channel: grpc.aio.Channel, timeout_s: float) -> Any:
@@ -98,7 +175,10 @@ async def send_state(
     prepare: Callable[[int], Awaitable[PreparedExport]],
     timeout_s: float,
     num_streams: int = 1,
+    data_plane: DataPlaneTarget | None = None,
 ) -> TransferStats:
+    """Send one request's state; chunks go on data connections when `data_plane` is given and the
+    receiver offers one, in-band otherwise."""
     t0 = time.perf_counter()
     streams = [_Stream(transfer_call(channel, timeout_s)) for _ in range(max(1, num_streams))]
     try:
@@ -110,25 +190,28 @@ async def send_state(
                     fingerprint=fingerprint,
                     stream_index=i,
                     num_streams=len(streams),
+                    data_plane=data_plane is not None,
                 )
             )
             for i, s in enumerate(streams)
         ]
-        export = await prepare(accepts[0].start_tokens)
+        export = await _prepare_and_connect(streams, accepts, prepare, data_plane, timeout_s)
         primary = streams[0]
         await primary.call.write(decode_pb2.TransferKvRequest(manifest=export.manifest.encode()).SerializeToString())
         await _send_chunks(streams, export)
-        for s in streams[1:]:
-            await s.call.done_writing()
+        for i, s in enumerate(streams):
+            await s.finish(primary=i == 0)
         await asyncio.gather(*(s.window.drained() for s in streams))
         first = await export.first_token
         commit = decode_pb2.TransferKvRequest(commit=decode_pb2.TransferCommit(first_token_id=first))
         await primary.call.write(commit.SerializeToString())
         await primary.call.done_writing()
         received = await primary.done
-    except BaseException:
+    except BaseException as exc:
         for s in streams:
             s.call.cancel()
+        if isinstance(exc, DataPlaneError):
+            raise TransferError(str(exc)) from exc
         raise
     finally:
         for s in streams:
@@ -136,16 +219,38 @@ async def send_state(
     sent = sum(s.sent for s in streams)
     if received != sent:
         raise TransferError(f"receiver acknowledged {received} bytes, {sent} were sent")
-    stalled = sum(s.window.stalled_s for s in streams)
     return TransferStats(
         sent,
         export.manifest.num_chunks,
         len(streams),
         accepts[0].start_tokens,
         time.perf_counter() - t0,
-        stalled,
+        sum(s.window.stalled_s for s in streams),
         first,
+        "tcp" if any(s.data is not None for s in streams) else "grpc",
     )
+
+
+async def _prepare_and_connect(
+    streams: list[_Stream],
+    accepts: list[decode_pb2.TransferAccept],
+    prepare: Callable[[int], Awaitable[PreparedExport]],
+    data_plane: DataPlaneTarget | None,
+    timeout_s: float,
+) -> PreparedExport:
+    """The receiver's data connections open while the prefill side admits the request."""
+    connecting = [
+        asyncio.create_task(s.connect(a, data_plane, timeout_s))
+        for s, a in zip(streams, accepts, strict=True)
+        if data_plane is not None and a.data_port
+    ]
+    try:
+        export = await prepare(accepts[0].start_tokens)
+        await asyncio.gather(*connecting)
+    finally:
+        for task in connecting:
+            task.cancel()
+    return export
 
 
 async def _send_chunks(streams: list[_Stream], export: PreparedExport) -> None:
@@ -163,7 +268,12 @@ async def _send_chunks(streams: list[_Stream], export: PreparedExport) -> None:
         while (data := await ready.get()) is not None:
             await stream.send(data)
 
-    await asyncio.gather(pump(), *(writer(s) for s in streams))
+    tasks = [asyncio.create_task(pump()), *(asyncio.create_task(writer(s)) for s in streams)]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 async def _read(call: grpc.aio.StreamStreamCall) -> decode_pb2.TransferKvResponse:
@@ -173,30 +283,3 @@ async def _read(call: grpc.aio.StreamStreamCall) -> decode_pb2.TransferKvRespons
         raise TransferError(f"receiver closed the transfer: {code.name if code else 'EOF'} {await call.details()}")
     assert isinstance(msg, decode_pb2.TransferKvResponse)
     return msg
-
-
-async def _read_credits(call: grpc.aio.StreamStreamCall, window: CreditWindow, done: asyncio.Future[int]) -> None:
-    try:
-        while True:
-            msg = await call.read()
-            if msg is grpc.aio.EOF:
-                code = await call.code()
-                if code == grpc.StatusCode.OK and window.in_flight == 0:  # a parallel stream's normal end
-                    if not done.done():
-                        done.set_result(0)
-                    return
-                raise TransferError(
-                    f"receiver closed the transfer: {code.name if code else 'EOF'} {await call.details()}"
-                )
-            assert isinstance(msg, decode_pb2.TransferKvResponse)
-            kind = msg.WhichOneof("msg")
-            if kind == "credit_bytes":
-                await window.grant(msg.credit_bytes)
-            elif kind == "done":
-                done.set_result(msg.done.kv_bytes)
-                return
-    except (TransferError, grpc.aio.AioRpcError) as exc:
-        error = TransferError(str(exc))
-        await window.fail(error)
-        if not done.done():
-            done.set_exception(error)

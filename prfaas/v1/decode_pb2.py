@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from prfaas.v1 import common_pb2 as prfaas_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16prfaas/v1/decode.proto\x12\tprfaas.v1\x1a\x16prfaas/v1/common.proto\"v\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.prfaas.v1.SamplingParams\"e\n\x0e\x44\x65\x63odeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12.\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x17.prfaas.v1.FinishReason\x12\x10\n\x08kv_bytes\x18\x03 \x01(\x04\"\x95\x01\n\x11TransferKvRequest\x12\'\n\x04open\x18\x01 \x01(\x0b\x32\x17.prfaas.v1.TransferOpenH\x00\x12\x12\n\x08manifest\x18\x02 \x01(\x0cH\x00\x12\x0f\n\x05\x63hunk\x18\x03 \x01(\x0cH\x00\x12+\n\x06\x63ommit\x18\x04 \x01(\x0b\x32\x19.prfaas.v1.TransferCommitH\x00\x42\x05\n\x03msg\"q\n\x0cTransferOpen\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x14\n\x0cstream_index\x18\x04 \x01(\r\x12\x13\n\x0bnum_streams\x18\x05 \x01(\r\"(\n\x0eTransferCommit\x12\x16\n\x0e\x66irst_token_id\x18\x01 \x01(\r\"\x89\x01\n\x12TransferKvResponse\x12+\n\x06\x61\x63\x63\x65pt\x18\x01 \x01(\x0b\x32\x19.prfaas.v1.TransferAcceptH\x00\x12\x16\n\x0c\x63redit_bytes\x18\x02 \x01(\x04H\x00\x12\'\n\x04\x64one\x18\x03 \x01(\x0b\x32\x17.prfaas.v1.TransferDoneH\x00\x42\x05\n\x03msg\"<\n\x0eTransferAccept\x12\x14\n\x0cstart_tokens\x18\x01 \x01(\r\x12\x14\n\x0c\x63redit_bytes\x18\x02 \x01(\x04\" \n\x0cTransferDone\x12\x10\n\x08kv_bytes\x18\x01 \x01(\x04\":\n\x12MatchPrefixRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\",\n\x13MatchPrefixResponse\x12\x15\n\rcached_tokens\x18\x01 \x01(\r\"\x16\n\x14GetDecodeLoadRequest\"j\n\x15GetDecodeLoadResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\r\x12\x13\n\x0b\x66ree_blocks\x18\x02 \x01(\r\x12,\n\x07samples\x18\x03 \x03(\x0b\x32\x1b.prfaas.v1.DecodeStepSample\"2\n\x10\x44\x65\x63odeStepSample\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\r\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x32\xc1\x02\n\rDecodeService\x12?\n\x06\x44\x65\x63ode\x12\x18.prfaas.v1.DecodeRequest\x1a\x19.prfaas.v1.DecodeResponse0\x01\x12M\n\nTransferKv\x12\x1c.prfaas.v1.TransferKvRequest\x1a\x1d.prfaas.v1.TransferKvResponse(\x01\x30\x01\x12L\n\x0bMatchPrefix\x12\x1d.prfaas.v1.MatchPrefixRequest\x1a\x1e.prfaas.v1.MatchPrefixResponse\x12R\n\rGetDecodeLoad\x12\x1f.prfaas.v1.GetDecodeLoadRequest\x1a .prfaas.v1.GetDecodeLoadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16prfaas/v1/decode.proto\x12\tprfaas.v1\x1a\x16prfaas/v1/common.proto\"v\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.prfaas.v1.SamplingParams\"e\n\x0e\x44\x65\x63odeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12.\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x17.prfaas.v1.FinishReason\x12\x10\n\x08kv_bytes\x18\x03 \x01(\x04\"\x95\x01\n\x11TransferKvRequest\x12\'\n\x04open\x18\x01 \x01(\x0b\x32\x17.prfaas.v1.TransferOpenH\x00\x12\x12\n\x08manifest\x18\x02 \x01(\x0cH\x00\x12\x0f\n\x05\x63hunk\x18\x03 \x01(\x0cH\x00\x12+\n\x06\x63ommit\x18\x04 \x01(\x0b\x32\x19.prfaas.v1.TransferCommitH\x00\x42\x05\n\x03msg\"\x85\x01\n\x0cTransferOpen\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x14\n\x0cstream_index\x18\x04 \x01(\r\x12\x13\n\x0bnum_streams\x18\x05 \x01(\r\x12\x12\n\ndata_plane\x18\x06 \x01(\x08\"(\n\x0eTransferCommit\x12\x16\n\x0e\x66irst_token_id\x18\x01 \x01(\r\"\x89\x01\n\x12TransferKvResponse\x12+\n\x06\x61\x63\x63\x65pt\x18\x01 \x01(\x0b\x32\x19.prfaas.v1.TransferAcceptH\x00\x12\x16\n\x0c\x63redit_bytes\x18\x02 \x01(\x04H\x00\x12\'\n\x04\x64one\x18\x03 \x01(\x0b\x32\x17.prfaas.v1.TransferDoneH\x00\x42\x05\n\x03msg\"c\n\x0eTransferAccept\x12\x14\n\x0cstart_tokens\x18\x01 \x01(\r\x12\x14\n\x0c\x63redit_bytes\x18\x02 \x01(\x04\x12\x11\n\tdata_port\x18\x03 \x01(\r\x12\x12\n\ndata_token\x18\x04 \x01(\x0c\" \n\x0cTransferDone\x12\x10\n\x08kv_bytes\x18\x01 \x01(\x04\":\n\x12MatchPrefixRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\",\n\x13MatchPrefixResponse\x12\x15\n\rcached_tokens\x18\x01 \x01(\r\"\x16\n\x14GetDecodeLoadRequest\"j\n\x15GetDecodeLoadResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\r\x12\x13\n\x0b\x66ree_blocks\x18\x02 \x01(\r\x12,\n\x07samples\x18\x03 \x03(\x0b\x32\x1b.prfaas.v1.DecodeStepSample\"2\n\x10\x44\x65\x63odeStepSample\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\r\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x32\xc1\x02\n\rDecodeService\x12?\n\x06\x44\x65\x63ode\x12\x18.prfaas.v1.DecodeRequest\x1a\x19.prfaas.v1.DecodeResponse0\x01\x12M\n\nTransferKv\x12\x1c.prfaas.v1.TransferKvRequest\x1a\x1d.prfaas.v1.TransferKvResponse(\x01\x30\x01\x12L\n\x0bMatchPrefix\x12\x1d.prfaas.v1.MatchPrefixRequest\x1a\x1e.prfaas.v1.MatchPrefixResponse\x12R\n\rGetDecodeLoad\x12\x1f.prfaas.v1.GetDecodeLoadRequest\x1a .prfaas.v1.GetDecodeLoadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,26 +38,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DECODERESPONSE']._serialized_end=282
   _globals['_TRANSFERKVREQUEST']._serialized_start=285
   _globals['_TRANSFERKVREQUEST']._serialized_end=434
-  _globals['_TRANSFEROPEN']._serialized_start=436
-  _globals['_TRANSFEROPEN']._serialized_end=549
-  _globals['_TRANSFERCOMMIT']._serialized_start=551
-  _globals['_TRANSFERCOMMIT']._serialized_end=591
-  _globals['_TRANSFERKVRESPONSE']._serialized_start=594
-  _globals['_TRANSFERKVRESPONSE']._serialized_end=731
-  _globals['_TRANSFERACCEPT']._serialized_start=733
-  _globals['_TRANSFERACCEPT']._serialized_end=793
-  _globals['_TRANSFERDONE']._serialized_start=795
-  _globals['_TRANSFERDONE']._serialized_end=827
-  _globals['_MATCHPREFIXREQUEST']._serialized_start=829
-  _globals['_MATCHPREFIXREQUEST']._serialized_end=887
-  _globals['_MATCHPREFIXRESPONSE']._serialized_start=889
-  _globals['_MATCHPREFIXRESPONSE']._serialized_end=933
-  _globals['_GETDECODELOADREQUEST']._serialized_start=935
-  _globals['_GETDECODELOADREQUEST']._serialized_end=957
-  _globals['_GETDECODELOADRESPONSE']._serialized_start=959
-  _globals['_GETDECODELOADRESPONSE']._serialized_end=1065
-  _globals['_DECODESTEPSAMPLE']._serialized_start=1067
-  _globals['_DECODESTEPSAMPLE']._serialized_end=1117
-  _globals['_DECODESERVICE']._serialized_start=1120
-  _globals['_DECODESERVICE']._serialized_end=1441
+  _globals['_TRANSFEROPEN']._serialized_start=437
+  _globals['_TRANSFEROPEN']._serialized_end=570
+  _globals['_TRANSFERCOMMIT']._serialized_start=572
+  _globals['_TRANSFERCOMMIT']._serialized_end=612
+  _globals['_TRANSFERKVRESPONSE']._serialized_start=615
+  _globals['_TRANSFERKVRESPONSE']._serialized_end=752
+  _globals['_TRANSFERACCEPT']._serialized_start=754
+  _globals['_TRANSFERACCEPT']._serialized_end=853
+  _globals['_TRANSFERDONE']._serialized_start=855
+  _globals['_TRANSFERDONE']._serialized_end=887
+  _globals['_MATCHPREFIXREQUEST']._serialized_start=889
+  _globals['_MATCHPREFIXREQUEST']._serialized_end=947
+  _globals['_MATCHPREFIXRESPONSE']._serialized_start=949
+  _globals['_MATCHPREFIXRESPONSE']._serialized_end=993
+  _globals['_GETDECODELOADREQUEST']._serialized_start=995
+  _globals['_GETDECODELOADREQUEST']._serialized_end=1017
+  _globals['_GETDECODELOADRESPONSE']._serialized_start=1019
+  _globals['_GETDECODELOADRESPONSE']._serialized_end=1125
+  _globals['_DECODESTEPSAMPLE']._serialized_start=1127
+  _globals['_DECODESTEPSAMPLE']._serialized_end=1177
+  _globals['_DECODESERVICE']._serialized_start=1180
+  _globals['_DECODESERVICE']._serialized_end=1501
 # @@protoc_insertion_point(module_scope)

@@ -42,18 +42,20 @@ class TransferKvRequest(_message.Message):
     def __init__(self, open: _Optional[_Union[TransferOpen, _Mapping]] = ..., manifest: _Optional[bytes] = ..., chunk: _Optional[bytes] = ..., commit: _Optional[_Union[TransferCommit, _Mapping]] = ...) -> None: ...
 
 class TransferOpen(_message.Message):
-    __slots__ = ("request_id", "epoch", "fingerprint", "stream_index", "num_streams")
+    __slots__ = ("request_id", "epoch", "fingerprint", "stream_index", "num_streams", "data_plane")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     STREAM_INDEX_FIELD_NUMBER: _ClassVar[int]
     NUM_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    DATA_PLANE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     epoch: int
     fingerprint: str
     stream_index: int
     num_streams: int
-    def __init__(self, request_id: _Optional[str] = ..., epoch: _Optional[int] = ..., fingerprint: _Optional[str] = ..., stream_index: _Optional[int] = ..., num_streams: _Optional[int] = ...) -> None: ...
+    data_plane: bool
+    def __init__(self, request_id: _Optional[str] = ..., epoch: _Optional[int] = ..., fingerprint: _Optional[str] = ..., stream_index: _Optional[int] = ..., num_streams: _Optional[int] = ..., data_plane: _Optional[bool] = ...) -> None: ...
 
 class TransferCommit(_message.Message):
     __slots__ = ("first_token_id",)
@@ -72,12 +74,16 @@ class TransferKvResponse(_message.Message):
     def __init__(self, accept: _Optional[_Union[TransferAccept, _Mapping]] = ..., credit_bytes: _Optional[int] = ..., done: _Optional[_Union[TransferDone, _Mapping]] = ...) -> None: ...
 
 class TransferAccept(_message.Message):
-    __slots__ = ("start_tokens", "credit_bytes")
+    __slots__ = ("start_tokens", "credit_bytes", "data_port", "data_token")
     START_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CREDIT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_PORT_FIELD_NUMBER: _ClassVar[int]
+    DATA_TOKEN_FIELD_NUMBER: _ClassVar[int]
     start_tokens: int
     credit_bytes: int
-    def __init__(self, start_tokens: _Optional[int] = ..., credit_bytes: _Optional[int] = ...) -> None: ...
+    data_port: int
+    data_token: bytes
+    def __init__(self, start_tokens: _Optional[int] = ..., credit_bytes: _Optional[int] = ..., data_port: _Optional[int] = ..., data_token: _Optional[bytes] = ...) -> None: ...
 
 class TransferDone(_message.Message):
     __slots__ = ("kv_bytes",)

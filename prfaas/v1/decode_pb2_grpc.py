@@ -69,7 +69,7 @@ class DecodeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TransferKv(self, request_iterator, context):
-        """Receives one request's state: open, manifest, chunks, commit in; accept, credits and acks out.
+        """Receives one request's state: open, manifest, chunks (here or on the data plane), commit in; accept, credits, done out.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

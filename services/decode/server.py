@@ -4,6 +4,7 @@ the shared continuous batch and streams tokens back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,7 +14,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from opentelemetry import trace
 
-from prfaas.engine.async_engine import AsyncEngine
+from prfaas.engine.async_engine import AsyncEngine, EngineStopped
 from prfaas.engine.engine import Engine, InvalidRequest
 from prfaas.engine.factory import build_engine
 from prfaas.engine.sequence import TokenEvent
@@ -22,7 +23,9 @@ from prfaas.service.convert import finish_reason_pb, sampling_from_pb, tenant_sa
 from prfaas.service.grpc_server import RunningServer, start_server
 from prfaas.service.status import abort
 from prfaas.telemetry import metrics
+from prfaas.transfer.dataplane import DataListener, DataOffer, DataPlaneError
 from prfaas.transfer.framing import add_decode_service, parse_request
+from prfaas.transfer.merge import merge
 from prfaas.v1 import decode_pb2, decode_pb2_grpc
 from services.decode.settings import DecodeSettings
 
@@ -40,9 +43,11 @@ class Pending:
 
 
 class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
-    def __init__(self, engine: AsyncEngine, settings: DecodeSettings) -> None:
+    def __init__(self, engine: AsyncEngine, settings: DecodeSettings, data: DataListener | None = None) -> None:
         self.engine = engine
         self.settings = settings
+        self.data = data  # the KV data plane; without it every transfer carries its chunks in-band
+        self._background: set[asyncio.Future[None]] = set()
         self.pending: dict[str, Pending] = {}
         self._registered = asyncio.Condition()
 
@@ -110,21 +115,36 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
         rid, req = opened.request_id, pending.request
         salt = tenant_salt(req.tenant_id)
         start = await self.engine.call(lambda e: e.match_transfer_prefix(list(req.token_ids), salt).num_tokens)
-        yield decode_pb2.TransferKvResponse(
-            accept=decode_pb2.TransferAccept(start_tokens=start, credit_bytes=self.settings.credit_window_bytes)
-        )
+        offer = self.data.offer() if self.data is not None and opened.data_plane else None
         try:
+            yield decode_pb2.TransferKvResponse(
+                accept=decode_pb2.TransferAccept(
+                    start_tokens=start,
+                    credit_bytes=self.settings.credit_window_bytes,
+                    data_port=offer.port if offer else 0,
+                    data_token=offer.token if offer else b"",
+                )
+            )
             if opened.stream_index == 0:
                 ingest = self._ingest(messages, pending, start, salt)
             else:
                 ingest = self._ingest_extra(messages, pending)
+            if offer is not None:  # chunks come on the data connection, the rest on this stream
+                ingest = merge(ingest, self._ingest_data(offer, pending))
             async for msg in ingest:
                 yield msg
-        except (WireError, InvalidRequest) as exc:
+        except (WireError, InvalidRequest, DataPlaneError) as exc:
             metrics.KV_TRANSFERS_MISSING.inc()  # the state was expected and did not arrive complete
             trace.get_current_span().add_event("kv.missing", {"error": str(exc)})
             await self.engine.call(lambda e: e.abort(rid))
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"transfer of {rid}: {exc}")
+            code = grpc.StatusCode.UNAVAILABLE if isinstance(exc, DataPlaneError) else grpc.StatusCode.INVALID_ARGUMENT
+            await abort(context, code, f"transfer of {rid}: {exc}")
+        except (asyncio.CancelledError, GeneratorExit):
+            self._drop_import(rid)  # the sender went away mid-transfer
+            raise
+        finally:
+            if offer is not None and self.data is not None:
+                self.data.withdraw(offer)
 
     async def _ingest(
         self, requests: AsyncIterator[Message], pending: Pending, start: int, salt: bytes
@@ -162,14 +182,37 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
         pending.kv_bytes += len(data)
         return decode_pb2.TransferKvResponse(credit_bytes=len(data))
 
-    async def _ingest_extra(
-        self, requests: AsyncIterator[Message], pending: Pending
-    ) -> AsyncIterator[decode_pb2.TransferKvResponse]:
-        """A parallel stream of a transfer: chunks only, applied once stream 0's manifest is in."""
+    def _drop_import(self, rid: str) -> None:
+        """Free the blocks of a state that will not be completed (one already committed decodes on)."""
+
+        async def drop() -> None:
+            with contextlib.suppress(EngineStopped):
+                await self.engine.call(lambda e: rid in e.importing and e.abort(rid))
+
+        task = asyncio.ensure_future(drop())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _imported(self, pending: Pending) -> None:
+        """Wait for stream 0's manifest: chunks of the other streams and of data connections may come first."""
         try:
             await asyncio.wait_for(pending.importing.wait(), self.settings.register_timeout_s)
         except TimeoutError as exc:
             raise WireError("the transfer's primary stream never sent its manifest") from exc
+
+    async def _ingest_data(self, offer: DataOffer, pending: Pending) -> AsyncIterator[decode_pb2.TransferKvResponse]:
+        """A stream's chunks from its data connection (read into buffers it owns), applied and credited
+        exactly like in-band chunks; ends at the connection's end marker."""
+        connection = await offer.connection(self.settings.register_timeout_s)
+        await self._imported(pending)
+        async for frame in connection.frames():
+            yield await self._apply(pending, frame)
+
+    async def _ingest_extra(
+        self, requests: AsyncIterator[Message], pending: Pending
+    ) -> AsyncIterator[decode_pb2.TransferKvResponse]:
+        """A parallel stream of a transfer: chunks only, applied once stream 0's manifest is in."""
+        await self._imported(pending)
         async for msg in requests:
             if isinstance(msg, memoryview):
                 yield await self._apply(pending, msg)
@@ -219,14 +262,24 @@ async def _wait_for(cond: asyncio.Condition, predicate: Callable[[], bool], time
 async def build_server(
     settings: DecodeSettings, engine: Engine | None = None
 ) -> tuple[RunningServer, Callable[[], Awaitable[None]]]:
-    """Start a decode worker; returns the server and a cleanup coroutine (stops the engine)."""
+    """Start a decode worker and its KV data plane (`kv_data_port`); returns the server and a cleanup
+    coroutine (closes the data plane, stops the engine)."""
     runner = AsyncEngine(engine or build_engine(settings), "decode-engine", settings.threads)
     runner.start()
-    servicer = DecodeServicer(runner, settings)
+    data = await DataListener.start(
+        settings.host, settings.kv_data_port, max_buffered_bytes=settings.credit_window_bytes
+    )
+    servicer = DecodeServicer(runner, settings, data)
     running = await start_server(
         settings.host,
         settings.port,
         [lambda s: add_decode_service(servicer, s)],
         [decode_pb2.DESCRIPTOR.services_by_name["DecodeService"].full_name],
     )
-    return running, runner.stop
+    running.servicer = servicer
+
+    async def cleanup() -> None:
+        await data.close()
+        await runner.stop()
+
+    return running, cleanup

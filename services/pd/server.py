@@ -9,6 +9,7 @@ from prfaas.engine.async_engine import AsyncEngine
 from prfaas.engine.engine import Engine
 from prfaas.engine.factory import build_engine
 from prfaas.service.grpc_server import RunningServer, start_server
+from prfaas.transfer.dataplane import DataListener
 from prfaas.transfer.framing import add_decode_service
 from prfaas.v1 import decode_pb2, prefill_pb2, prefill_pb2_grpc
 from services.decode.server import DecodeServicer
@@ -23,11 +24,13 @@ async def build_server(
     runner = AsyncEngine(engine or build_engine(settings), "pd-engine", settings.threads)
     runner.start()
     prefill = PrefillServicer(runner, settings)
+    data = await DataListener.start(settings.host, max_buffered_bytes=settings.credit_window_bytes)
     decode = DecodeServicer(
         runner,
         DecodeSettings(
             credit_window_bytes=settings.credit_window_bytes, register_timeout_s=settings.register_timeout_s
         ),
+        data,
     )
     running = await start_server(
         settings.host,
@@ -44,6 +47,7 @@ async def build_server(
 
     async def cleanup() -> None:
         await prefill.close()
+        await data.close()
         await runner.stop()
 
     return running, cleanup

@@ -22,8 +22,9 @@ from prfaas.service.grpc_server import RunningServer, channel, start_server
 from prfaas.service.status import abort
 from prfaas.telemetry import metrics
 from prfaas.telemetry.tracing import tracer
+from prfaas.transfer.dataplane import data_host
 from prfaas.transfer.framing import frame_chunk
-from prfaas.transfer.sender import PreparedExport, TransferError, send_state
+from prfaas.transfer.sender import DataPlaneTarget, PreparedExport, TransferError, send_state
 from prfaas.v1 import cachepool_pb2, cachepool_pb2_grpc, prefill_pb2, prefill_pb2_grpc
 from services.prefill.settings import PrefillSettings
 
@@ -101,6 +102,10 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
         if address not in self._channels:
             self._channels[address] = channel(address)
         return self._channels[address]
+
+    def _data_plane(self, decode_address: str) -> DataPlaneTarget | None:
+        """`kv_transport=tcp`: chunks on the decode worker's data plane (same host as its gRPC port)."""
+        return DataPlaneTarget(data_host(decode_address)) if self.settings.kv_transport == "tcp" else None
 
     async def close(self) -> None:
         if self._publishing:
@@ -193,6 +198,7 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
                     prepare,
                     self.settings.transfer_timeout_s,
                     self.settings.transfer_streams,
+                    self._data_plane(request.decode_address),
                 )
             finally:
                 if prefill_span.is_recording():
@@ -202,6 +208,7 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
                     "kv.bytes": stats.kv_bytes,
                     "kv.chunks": stats.num_chunks,
                     "kv.streams": stats.num_streams,
+                    "kv.transport": stats.transport,
                     "kv.duration_s": stats.transfer_s,
                     "kv.gbps": stats.kv_bytes * 8 / max(stats.transfer_s, 1e-9) / 1e9,
                     "kv.stalled_s": stats.stalled_s,
@@ -260,6 +267,7 @@ async def build_server(
         [lambda s: prefill_pb2_grpc.add_PrefillServiceServicer_to_server(servicer, s)],
         [prefill_pb2.DESCRIPTOR.services_by_name["PrefillService"].full_name],
     )
+    running.servicer = servicer
 
     async def cleanup() -> None:
         await servicer.close()

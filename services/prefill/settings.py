@@ -19,10 +19,13 @@ class PrefillSettings(EngineSettings):
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     transfer_streams: int = 1  # parallel TCP streams per KV transfer (fills long, fat links)
     transfer_timeout_s: float = 120.0
+    kv_transport: str = "tcp"  # KV chunks on the decode worker's TCP data plane ("tcp") or in-band on gRPC ("grpc")
 
     def __post_init__(self) -> None:
         EngineSettings.__post_init__(self)
         if self.cluster not in ("prfaas", "pd"):
             raise ValueError(f"cluster must be 'prfaas' or 'pd', got {self.cluster!r}")
+        if self.kv_transport not in ("tcp", "grpc"):
+            raise ValueError(f"kv_transport must be 'tcp' (data plane) or 'grpc' (in-band), got {self.kv_transport!r}")
         if not 1 <= self.transfer_streams <= 16:
             raise ValueError("transfer_streams must be in 1..16")

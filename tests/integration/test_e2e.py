@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import grpc
 import pytest
@@ -67,6 +68,19 @@ async def test_parallel_streams_and_a_small_credit_window_give_the_same_tokens()
         got, route = await collect(st.router, request(long_))
     assert got == expected[0] and route.route == common_pb2.ROUTE_PRFAAS
     assert route.kv_bytes > 20 * 8192  # far more than one window: credits had to flow back
+
+
+@pytest.mark.parametrize("kv_transport", ["tcp", "grpc"])
+async def test_both_kv_transports_give_the_same_tokens(kv_transport: str) -> None:
+    long_ = prompt(150, 5)
+    expected = offline([long_])
+    async with local_stack(threshold_tokens=48, transfer_streams=2) as st:
+        prefill = st.servers["prefill-prfaas"].servicer
+        prefill.settings = dataclasses.replace(prefill.settings, kv_transport=kv_transport)  # type: ignore[attr-defined]
+        got, route = await collect(st.router, request(long_))
+        data_connections = st.servers["decode-0"].servicer.data.num_accepted  # type: ignore[attr-defined]
+    assert got == expected[0] and route.route == common_pb2.ROUTE_PRFAAS
+    assert data_connections == (2 if kv_transport == "tcp" else 0)  # tcp: one data connection per stream
 
 
 async def test_sixteen_concurrent_requests_match_offline() -> None:
