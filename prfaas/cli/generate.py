@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -32,6 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--router", help="HOST:PORT of a running router (`prfaas up`); default: a local engine")
     p.add_argument("--tenant", default=None, help="tenant id (with --router)")
+    p.add_argument("--token", default=None, help="bearer token for the router (default: $PRFAAS_AUTH_TOKEN)")
+    p.add_argument("--tls-ca", default="", help="with --router: use TLS, verifying the router with this CA (PEM)")
+    p.add_argument("--tls-cert", default="", help="client certificate (PEM) for mutual TLS, with --tls-key")
+    p.add_argument("--tls-key", default="", help="the client certificate's private key (PEM)")
     p.set_defaults(run=run)
 
 
@@ -66,12 +71,14 @@ def sampling_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_remote(args: argparse.Namespace) -> int:
     """Generate through a router with the SDK; the JSON adds where and how it was prefilled."""
-    from prfaas.client import Client, PrfaasError, Sampling
+    from prfaas.client import Client, PrfaasError, Sampling, TlsSettings
 
     prompt: str | list[int] = args.prompt if args.token_ids is None else parse_ids(args.token_ids, "--token-ids")
     try:
         sampling = Sampling(**sampling_fields(args))
-        with Client(args.router) as client:
+        tls = TlsSettings(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_ca or args.tls_cert else None
+        token = args.token or os.environ.get("PRFAAS_AUTH_TOKEN")
+        with Client(args.router, token=token, tls=tls) as client:
             r = client.generate(prompt, sampling, tenant_id=args.tenant)
     except (PrfaasError, ValueError) as exc:
         print(f"prfaas generate: error: {exc}", file=sys.stderr)

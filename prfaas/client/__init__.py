@@ -1,6 +1,6 @@
 """The PrfaaS SDK: generate tokens through a router, async or blocking.
 
-async with AsyncClient("localhost:50051", token="...") as client:
+async with AsyncClient("localhost:50051", token="...", tls=TlsSettings(ca_file="ca.pem")) as client:
     result = await client.generate("Hello", Sampling(max_new_tokens=16))
     print(result.text, result.route)
 """
@@ -27,6 +27,7 @@ from prfaas.client.types import (
     RouteName,
     Sampling,
 )
+from prfaas.service.tls import TlsError, TlsSettings
 
 __all__ = [
     "AsyncClient",
@@ -46,6 +47,8 @@ __all__ = [
     "RouteInfo",
     "RouteName",
     "Sampling",
+    "TlsError",
+    "TlsSettings",
     "UnavailableError",
     "from_rpc_error",
 ]

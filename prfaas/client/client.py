@@ -18,7 +18,16 @@ from prfaas.client.call import CallOptions
 from prfaas.client.codec import Prompt, ResultCollector, new_request_id
 from prfaas.client.retry import RetryPolicy
 from prfaas.client.types import GenerationChunk, GenerationResult, Sampling
+from prfaas.service.tls import TlsSettings
 from prfaas.v1 import router_pb2_grpc
+
+
+def _credentials(
+    credentials: grpc.ChannelCredentials | None, tls: TlsSettings | None
+) -> grpc.ChannelCredentials | None:
+    if credentials is not None and tls is not None:
+        raise ValueError("give either tls or credentials, not both")
+    return tls.channel_credentials() if tls is not None else credentials
 
 
 class AsyncClient:
@@ -27,7 +36,8 @@ class AsyncClient:
     `token` is sent as `authorization: Bearer <token>`; `timeout_s` is the default deadline of each call,
     retries included (None: no deadline); UNAVAILABLE and RESOURCE_EXHAUSTED are retried up to `retries`
     times with jittered exponential backoff from `backoff_s`, only before the first response arrives.
-    `credentials` switches to a TLS channel. Failures raise `prfaas.client.errors.PrfaasError` subclasses.
+    `tls` (CA to verify the router, and a client certificate for mutual TLS) or ready-made gRPC
+    `credentials` switch to a TLS channel. Failures raise `prfaas.client.errors.PrfaasError` subclasses.
     """
 
     def __init__(
@@ -39,8 +49,10 @@ class AsyncClient:
         retries: int = 3,
         backoff_s: float = 0.1,
         credentials: grpc.ChannelCredentials | None = None,
+        tls: TlsSettings | None = None,
     ) -> None:
         self._options = CallOptions(token, timeout_s, RetryPolicy(retries=retries, backoff_s=backoff_s))
+        credentials = _credentials(credentials, tls)
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(target)
         else:
@@ -122,8 +134,10 @@ class Client:
         retries: int = 3,
         backoff_s: float = 0.1,
         credentials: grpc.ChannelCredentials | None = None,
+        tls: TlsSettings | None = None,
     ) -> None:
         self._options = CallOptions(token, timeout_s, RetryPolicy(retries=retries, backoff_s=backoff_s))
+        credentials = _credentials(credentials, tls)
         if credentials is None:
             self._channel = grpc.insecure_channel(target)
         else:

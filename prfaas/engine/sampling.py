@@ -7,10 +7,13 @@ the same request with the same seed produces the same tokens.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+MIN_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,14 +28,16 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        """Temperatures below MIN_TEMPERATURE are greedy: logits divided by them overflow float32 (inf/NaN
+        probabilities), and the distribution is one-hot at that point anyway."""
+        return self.temperature < MIN_TEMPERATURE
 
 
 def sample(logits: Tensor, params: SamplingParams, index: int) -> int:

@@ -19,7 +19,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from prfaas.service.malformed import MalformedRequestInterceptor
 from prfaas.service.status import SERVICE
+from prfaas.service.tls import TlsSettings
 from prfaas.telemetry.metrics import start_metrics_server
 from prfaas.telemetry.tracing import ServerTracingInterceptor, client_interceptors, setup_tracing
 
@@ -51,17 +53,32 @@ class RunningServer:
 
 
 async def start_server(
-    host: str, port: int, registrars: Sequence[Registrar], service_names: Sequence[str]
+    host: str,
+    port: int,
+    registrars: Sequence[Registrar],
+    service_names: Sequence[str],
+    *,
+    tls: TlsSettings | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> RunningServer:
-    """Create, register, bind and start a server; return it with its bound port."""
-    server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=[ServerTracingInterceptor()])
+    """Create, register, bind and start a server; return it with its bound port.
+
+    With `tls` the port speaks only TLS (and requires client certificates if `tls.client_auth`);
+    `interceptors` run inside the tracing interceptor, e.g. the router's bearer-token check; request
+    messages that do not parse are refused with INVALID_ARGUMENT."""
+    chain = [ServerTracingInterceptor(), *interceptors, MalformedRequestInterceptor()]
+    server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=chain)
     for register in registrars:
         register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(names, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, tls.server_credentials())
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}")
     await server.start()
@@ -89,9 +106,13 @@ async def serve_until_signal(
     await cleanup()
 
 
-def channel(address: str) -> grpc.aio.Channel:
-    """A client channel that carries the trace context of the calling code."""
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS, interceptors=client_interceptors())
+def channel(address: str, tls: TlsSettings | None = None) -> grpc.aio.Channel:
+    """A client channel that carries the trace context of the calling code; TLS when `tls` is given."""
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS, interceptors=client_interceptors())
+    return grpc.aio.secure_channel(
+        address, tls.channel_credentials(), options=CHANNEL_OPTIONS, interceptors=client_interceptors()
+    )
 
 
 def run_service(

@@ -10,6 +10,7 @@ from opentelemetry import trace
 from prfaas.pool import BlockEntry, HybridPrefixPool, make_pool
 from prfaas.service.grpc_server import RunningServer, start_server
 from prfaas.service.status import abort
+from prfaas.service.tls import service_tls
 from prfaas.v1 import cachepool_pb2, cachepool_pb2_grpc
 from services.cachepool.settings import CachePoolSettings
 
@@ -89,5 +90,6 @@ async def build_server(settings: CachePoolSettings) -> tuple[RunningServer, Call
         settings.port,
         [lambda s: cachepool_pb2_grpc.add_CachePoolServiceServicer_to_server(servicer, s)],
         [cachepool_pb2.DESCRIPTOR.services_by_name["CachePoolService"].full_name],
+        tls=service_tls(settings),
     )
     return running, pool.close

@@ -21,7 +21,8 @@ from prfaas.engine.sequence import TokenEvent
 from prfaas.kv.wire import KvChunk, KvManifest, WireError
 from prfaas.service.convert import finish_reason_pb, sampling_from_pb, tenant_salt
 from prfaas.service.grpc_server import RunningServer, start_server
-from prfaas.service.status import abort
+from prfaas.service.status import abort, shed
+from prfaas.service.tls import service_tls
 from prfaas.telemetry import metrics
 from prfaas.transfer.dataplane import DataListener, DataOffer, DataPlaneError
 from prfaas.transfer.framing import add_decode_service, parse_request
@@ -57,11 +58,13 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
         rid = request.request_id
         if not rid or rid in self.pending:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"request id {rid!r} is empty or already in use")
-        params = sampling_from_pb(request.sampling)
         try:
+            params = sampling_from_pb(request.sampling)
             await self.engine.call(lambda e: e.validate(list(request.token_ids), params))
         except (InvalidRequest, ValueError) as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if len(self.pending) >= self.settings.max_queued_requests:
+            await shed(context, f"decode worker has {len(self.pending)} requests registered (max_queued_requests)")
         pending = Pending(request, self.engine.open_stream(rid))
         async with self._registered:
             self.pending[rid] = pending
@@ -275,6 +278,7 @@ async def build_server(
         settings.port,
         [lambda s: add_decode_service(servicer, s)],
         [decode_pb2.DESCRIPTOR.services_by_name["DecodeService"].full_name],
+        tls=service_tls(settings),
     )
     running.servicer = servicer
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prfaas.engine.factory import EngineSettings
+from prfaas.service.tls import service_tls
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,9 +17,17 @@ class DecodeSettings(EngineSettings):
     credit_window_bytes: int = 32 << 20  # bytes a sender may have in flight per transfer
     register_timeout_s: float = 30.0  # a transfer waits this long for its Decode registration (and data connection)
     kv_data_port: int = 0  # TCP port of the KV data plane on `host` (0: any free port)
+    max_queued_requests: int = 256  # registered requests (waiting for state or decoding) before RESOURCE_EXHAUSTED
+    tls_cert: str = ""  # PEM certificate chain: serves this port and is presented to the services it calls
+    tls_key: str = ""  # PEM private key of tls_cert
+    tls_ca: str = ""  # PEM CA that signs the other services' (and, with tls_client_auth, the clients') certificates
+    tls_client_auth: bool = False  # mutual TLS: refuse clients without a certificate signed by tls_ca
 
     def __post_init__(self) -> None:
         EngineSettings.__post_init__(self)
+        service_tls(self)
+        if self.max_queued_requests < 1:
+            raise ValueError("max_queued_requests must be >= 1")
         if self.credit_window_bytes <= 0:
             raise ValueError("credit_window_bytes must be positive")
         if not 0 <= self.kv_data_port <= 65535:

@@ -43,6 +43,7 @@ async def build_server(
             prefill_pb2.DESCRIPTOR.services_by_name["PrefillService"].full_name,
             decode_pb2.DESCRIPTOR.services_by_name["DecodeService"].full_name,
         ],
+        tls=prefill.tls,
     )
 
     async def cleanup() -> None:

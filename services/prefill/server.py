@@ -19,7 +19,8 @@ from prfaas.kv.prefix import block_hashes
 from prfaas.kv.wire import FULL_KV, KvChunk, KvManifest, WireError
 from prfaas.service.convert import check_request_id, check_tenant, sampling_from_pb, tenant_salt
 from prfaas.service.grpc_server import RunningServer, channel, start_server
-from prfaas.service.status import abort
+from prfaas.service.status import abort, shed
+from prfaas.service.tls import service_tls
 from prfaas.telemetry import metrics
 from prfaas.telemetry.tracing import tracer
 from prfaas.transfer.dataplane import data_host
@@ -44,7 +45,8 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
         self._active = 0
         self._publishing: set[asyncio.Task[None]] = set()
         self.samples: deque[prefill_pb2.PrefillSample] = deque(maxlen=128)
-        self.pool = cachepool_pb2_grpc.CachePoolServiceStub(channel(settings.pool)) if settings.pool else None
+        self.tls = service_tls(settings)
+        self.pool = cachepool_pb2_grpc.CachePoolServiceStub(channel(settings.pool, self.tls)) if settings.pool else None
 
     async def _fill_from_pool(self, ids: list[int], salt: bytes, tenant: str) -> int:
         """Fetch a longer prefix from the cluster pool into the local cache; returns the pool's hit blocks."""
@@ -100,7 +102,7 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
 
     def _decode_channel(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:
-            self._channels[address] = channel(address)
+            self._channels[address] = channel(address, self.tls)
         return self._channels[address]
 
     def _data_plane(self, decode_address: str) -> DataPlaneTarget | None:
@@ -126,12 +128,16 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if not request.decode_address:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "decode_address is required")
+        if self._active >= self.settings.max_queued_requests:
+            await shed(context, f"prefill worker has {self._active} requests queued or running (max_queued_requests)")
         self._active += 1
         self._queued_tokens += len(ids)
         try:
             return await self._prefill(request, ids, params)
         except TransferError as exc:
             await abort(context, grpc.StatusCode.UNAVAILABLE, f"KV transfer to {request.decode_address} failed: {exc}")
+        except grpc.aio.AioRpcError as exc:  # the decode worker refused the transfer: pass its status on
+            await abort(context, exc.code(), f"KV transfer to {request.decode_address}: {exc.details()}")
         except InvalidRequest as exc:
             await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         finally:
@@ -266,6 +272,7 @@ async def build_server(
         settings.port,
         [lambda s: prefill_pb2_grpc.add_PrefillServiceServicer_to_server(servicer, s)],
         [prefill_pb2.DESCRIPTOR.services_by_name["PrefillService"].full_name],
+        tls=servicer.tls,
     )
     running.servicer = servicer
 

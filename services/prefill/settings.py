@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from prfaas.engine.factory import EngineSettings
 from prfaas.kv.wire import DEFAULT_CHUNK_BYTES
+from prfaas.service.tls import service_tls
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,9 +21,17 @@ class PrefillSettings(EngineSettings):
     transfer_streams: int = 1  # parallel TCP streams per KV transfer (fills long, fat links)
     transfer_timeout_s: float = 120.0
     kv_transport: str = "tcp"  # KV chunks on the decode worker's TCP data plane ("tcp") or in-band on gRPC ("grpc")
+    max_queued_requests: int = 256  # requests waiting or running before RESOURCE_EXHAUSTED
+    tls_cert: str = ""  # PEM certificate chain: serves this port and is presented to the services it calls
+    tls_key: str = ""  # PEM private key of tls_cert
+    tls_ca: str = ""  # PEM CA that signs the other services' (and, with tls_client_auth, the clients') certificates
+    tls_client_auth: bool = False  # mutual TLS: refuse clients without a certificate signed by tls_ca
 
     def __post_init__(self) -> None:
         EngineSettings.__post_init__(self)
+        service_tls(self)
+        if self.max_queued_requests < 1:
+            raise ValueError("max_queued_requests must be >= 1")
         if self.cluster not in ("prfaas", "pd"):
             raise ValueError(f"cluster must be 'prfaas' or 'pd', got {self.cluster!r}")
         if self.kv_transport not in ("tcp", "grpc"):

@@ -11,6 +11,7 @@ import grpc
 from prfaas.sched.fit import PrefillSample
 from prfaas.sched.routing import WorkerView
 from prfaas.service.grpc_server import channel
+from prfaas.service.tls import TlsSettings
 from prfaas.v1 import cachepool_pb2, cachepool_pb2_grpc, prefill_pb2, prefill_pb2_grpc
 
 PROBE_TIMEOUT_S = 2.0
@@ -30,12 +31,17 @@ async def gather_ok(coros: Sequence[Awaitable[PrefillView]]) -> list[PrefillView
 
 class Cluster:
     def __init__(
-        self, name: str, prefill: Sequence[str], pool: str, members: Callable[[], Sequence[str]] | None = None
+        self,
+        name: str,
+        prefill: Sequence[str],
+        pool: str,
+        members: Callable[[], Sequence[str]] | None = None,
+        tls: TlsSettings | None = None,
     ) -> None:
         self.name = name
-        self.prefill = {a: prefill_pb2_grpc.PrefillServiceStub(channel(a)) for a in prefill}
+        self.prefill = {a: prefill_pb2_grpc.PrefillServiceStub(channel(a, tls)) for a in prefill}
         self.members = members or (lambda: list(self.prefill))  # workers currently in the prefill role
-        self.pool = cachepool_pb2_grpc.CachePoolServiceStub(channel(pool)) if pool else None
+        self.pool = cachepool_pb2_grpc.CachePoolServiceStub(channel(pool, tls)) if pool else None
 
     async def cached_tokens(self, tenant: str, hashes: list[bytes], prompt_tokens: int, block_size: int) -> int:
         if self.pool is None or not hashes:

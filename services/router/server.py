@@ -20,9 +20,11 @@ from prfaas.model.tokenizer import Tokenizer, load_tokenizer
 from prfaas.sched.fit import DecodeSample
 from prfaas.sched.policy import Decision, RequestView, Split
 from prfaas.sched.routing import LOCAL, PRFAAS, WorkerView, pick_worker
+from prfaas.service.auth import BearerTokenInterceptor
 from prfaas.service.convert import check_request_id, check_tenant, sampling_from_pb, tenant_salt
 from prfaas.service.grpc_server import RunningServer, channel, start_server
-from prfaas.service.status import abort
+from prfaas.service.status import RETRY_AFTER_KEY, abort, shed
+from prfaas.service.tls import service_tls
 from prfaas.telemetry import metrics
 from prfaas.telemetry.tracing import tracer
 from prfaas.v1 import (
@@ -73,10 +75,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         dual, pd_prefill = split_addresses(settings.pd_workers), split_addresses(settings.pd_prefill)
         decoders = split_addresses(settings.decode)
         self.roles = RoleTable(pd_prefill, decoders, dual, settings.pd_prefill_workers)
-        self.prfaas = Cluster(PRFAAS, split_addresses(settings.prfaas_prefill), settings.prfaas_pool)
-        self.pd = Cluster(LOCAL, [*pd_prefill, *dual], settings.pd_pool, lambda: self.roles.members(PREFILL))
+        self.tls = service_tls(settings)
+        self.prfaas = Cluster(PRFAAS, split_addresses(settings.prfaas_prefill), settings.prfaas_pool, tls=self.tls)
+        self.pd = Cluster(
+            LOCAL, [*pd_prefill, *dual], settings.pd_pool, lambda: self.roles.members(PREFILL), tls=self.tls
+        )
         self.clusters = {PRFAAS: self.prfaas, LOCAL: self.pd}
-        self.decode = {a: decode_pb2_grpc.DecodeServiceStub(channel(a)) for a in [*decoders, *dual]}
+        self.decode = {a: decode_pb2_grpc.DecodeServiceStub(channel(a, self.tls)) for a in [*decoders, *dual]}
+        self.inflight = 0  # Generate calls admitted and not finished (bounded by max_inflight_requests)
         self.control = RouterControl(settings, len(self.prfaas.prefill), self.roles.split, self.rebalance)
 
     async def rebalance(self, target: Split) -> int:
@@ -200,6 +206,22 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
         arrival = time.perf_counter()
+        if self.inflight >= self.settings.max_inflight_requests:
+            await shed(
+                context,
+                f"router has {self.inflight} requests in flight (max_inflight_requests): retry later",
+                self.settings.retry_after_ms,
+            )
+        self.inflight += 1
+        try:
+            async for msg in self._admitted(request, context, arrival):
+                yield msg
+        finally:
+            self.inflight -= 1
+
+    async def _admitted(
+        self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext, arrival: float
+    ) -> AsyncIterator[router_pb2.GenerateResponse]:
         try:
             prompt = self._prompt(request)
             sampling_from_pb(request.sampling)
@@ -210,6 +232,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             async for msg in self._serve(prompt, request.sampling, timeout, arrival):
                 yield msg
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:  # a worker's queue is full: pass its hint on
+                await shed(context, f"{exc.details()}", _retry_after_ms(exc, self.settings.retry_after_ms))
             await abort(context, exc.code(), f"{exc.details()}")
 
     def _timeout(self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext) -> float:
@@ -297,6 +321,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         )
 
 
+def _retry_after_ms(exc: grpc.aio.AioRpcError, default_ms: int) -> int:
+    hint = dict(exc.trailing_metadata() or ()).get(RETRY_AFTER_KEY)
+    return int(hint) if isinstance(hint, str) and hint.isdigit() else default_ms
+
+
 def _observe_prefill(route: str, reason: str, info: router_pb2.RouteInfo, done: prefill_pb2.PrefillResponse) -> None:
     metrics.count_request(route, reason)
     metrics.TTFT_SECONDS.labels(route).observe(info.ttft_s)
@@ -323,11 +352,15 @@ async def _race(
 async def build_server(settings: RouterSettings) -> tuple[RunningServer, Callable[[], Awaitable[None]]]:
     servicer = RouterServicer(settings)
     servicer.control.start()
+    name = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+    auth = [BearerTokenInterceptor(settings.auth_token, [name])] if settings.auth_token else []
     running = await start_server(
         settings.host,
         settings.port,
         [lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, s)],
-        [router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name],
+        [name],
+        tls=servicer.tls,
+        interceptors=auth,
     )
 
     running.servicer = servicer

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prfaas.model.tiny import TINY_NAME
+from prfaas.service.tls import service_tls
 
 
 def split_addresses(value: str) -> tuple[str, ...]:
@@ -35,8 +36,18 @@ class RouterSettings:
     link_gbps: float = 100.0  # capacity of the PrfaaS -> PD link (utilization = measured egress / this)
     prfaas_queue_limit: int = 4  # per PrfaaS prefill worker: above it t rises / traffic stays local
     replan_period_s: float = 30.0  # long timescale: re-fit profiles and re-plan t; 0 disables
+    auth_token: str = ""  # clients must send `authorization: Bearer <token>` (prefer PRFAAS_AUTH_TOKEN to the flag)
+    max_inflight_requests: int = 1024  # Generate calls beyond this get RESOURCE_EXHAUSTED + retry-after-ms
+    retry_after_ms: int = 1000  # the retry hint sent with RESOURCE_EXHAUSTED
+    tls_cert: str = ""  # PEM certificate chain: serves this port and is presented to the services it calls
+    tls_key: str = ""  # PEM private key of tls_cert
+    tls_ca: str = ""  # PEM CA that signs the other services' (and, with tls_client_auth, the clients') certificates
+    tls_client_auth: bool = False  # mutual TLS: refuse clients without a certificate signed by tls_ca
 
     def __post_init__(self) -> None:
+        service_tls(self)
+        if self.max_inflight_requests < 1 or self.retry_after_ms < 0:
+            raise ValueError("max_inflight_requests must be >= 1 and retry_after_ms >= 0")
         dual = split_addresses(self.pd_workers)
         if not split_addresses(self.decode) and len(dual) <= self.pd_prefill_workers:
             raise ValueError("at least one decode worker is required (--decode host:port or --pd-workers)")

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
 from prfaas.service.grpc_server import RunningServer, channel
+from prfaas.service.tls import TlsSettings
 from prfaas.v1 import router_pb2_grpc
 from services.cachepool.server import build_server as build_pool
 from services.cachepool.settings import CachePoolSettings
@@ -38,8 +40,13 @@ async def local_stack(
     credit_window_bytes: int = 32 << 20,
     chunk_bytes: int = 4 << 20,
     router: dict[str, object] | None = None,
+    decode: dict[str, object] | None = None,
+    prefill: dict[str, object] | None = None,
+    tls: TlsSettings | None = None,
     **engine: int | str,
 ) -> AsyncIterator[Stack]:
+    """`router`, `decode` and `prefill` override those services' settings; `tls` puts every hop on TLS
+    (each service serves and calls with the same certificate)."""
     started: list[Started] = []
     addresses: dict[str, str] = {}
 
@@ -49,14 +56,20 @@ async def local_stack(
         addresses[name] = f"127.0.0.1:{srv[0].port}"
         return addresses[name]
 
-    common = dict(block_size=block_size, max_prefill_tokens=block_size * 4, num_blocks=512, **engine)
+    secure: dict[str, Any] = {}
+    if tls is not None:
+        secure = dict(tls_cert=tls.cert_file, tls_key=tls.key_file, tls_ca=tls.ca_file, tls_client_auth=tls.client_auth)
+    common = dict(block_size=block_size, max_prefill_tokens=block_size * 4, num_blocks=512, **engine, **secure)
     try:
-        pools = [await add(f"pool-{c}", build_pool(CachePoolSettings())) for c in ("prfaas", "pd")]
+        pools = [await add(f"pool-{c}", build_pool(CachePoolSettings(**secure))) for c in ("prfaas", "pd")]
         decoders = [
-            await add(f"decode-{i}", build_decode(DecodeSettings(credit_window_bytes=credit_window_bytes, **common)))
+            await add(
+                f"decode-{i}",
+                build_decode(DecodeSettings(credit_window_bytes=credit_window_bytes, **common, **(decode or {}))),
+            )
             for i in range(num_decode)
         ]
-        common = {**common, "transfer_streams": transfer_streams, "chunk_bytes": chunk_bytes}
+        common = {**common, "transfer_streams": transfer_streams, "chunk_bytes": chunk_bytes, **(prefill or {})}
         prfaas = await add("prefill-prfaas", build_prefill(PrefillSettings(cluster="prfaas", pool=pools[0], **common)))
         pd = await add("prefill-pd", build_prefill(PrefillSettings(cluster="pd", pool=pools[1], **common)))
         router = await add(
@@ -70,11 +83,12 @@ async def local_stack(
                     pd_pool=pools[1],
                     threshold_tokens=threshold_tokens,
                     block_size=block_size,
+                    **secure,
                     **(router or {}),  # type: ignore[arg-type]
                 )
             ),
         )
-        ch = channel(router)
+        ch = channel(router, tls)
         yield Stack(
             router_pb2_grpc.RouterServiceStub(ch),
             {n: s for n, (s, _) in zip(addresses, started, strict=True)},
