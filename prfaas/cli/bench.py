@@ -8,6 +8,7 @@ import json
 import torch
 
 from prfaas.bench.engine import format_table, run_engine_bench
+from prfaas.cli import bench_serve
 from prfaas.model.tiny import TINY_NAME, resolve_model
 
 
@@ -40,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--threads", type=int, default=1, help="torch threads per engine")
     o.add_argument("--json", action="store_true")
     o.set_defaults(run=run_overlap)
+    bench_serve.add_parser(kinds)
 
 
 def run_transfer(args: argparse.Namespace) -> int:

@@ -81,6 +81,11 @@ def decode_route(info: router_pb2.RouteInfo) -> RouteInfo:
         prompt_tokens=info.prompt_tokens,
         prefill_worker=info.prefill_worker,
         decode_worker=info.decode_worker,
+        route_s=info.route_s,
+        queue_s=info.queue_s,
+        prefill_s=info.prefill_s,
+        transfer_tail_s=info.transfer_tail_s,
+        decode_admit_s=info.decode_admit_s,
     )
 
 

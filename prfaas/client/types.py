@@ -50,6 +50,13 @@ class RouteInfo:
     prompt_tokens: int
     prefill_worker: str
     decode_worker: str
+    # TTFT split, seconds: routing, prefill queueing, prefill compute, the KV transfer left after the compute
+    # (what layer-wise streaming did not hide) and decode admission up to the first token.
+    route_s: float = 0.0
+    queue_s: float = 0.0
+    prefill_s: float = 0.0
+    transfer_tail_s: float = 0.0
+    decode_admit_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -260,6 +260,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             ),
             timeout=timeout,
         )
+        marks = {"sent": time.perf_counter()}
         prefill = asyncio.ensure_future(
             cluster.prefill[prefill_addr].Prefill(
                 prefill_pb2.PrefillRequest(
@@ -273,6 +274,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 timeout=timeout,
             )
         )
+        prefill.add_done_callback(lambda _: marks.setdefault("prefilled", time.perf_counter()))
         try:
             ids: list[int] = []
             async for resp in _race(decode_call, prefill):
@@ -281,8 +283,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     done = await prefill
                     prefilled = True
                     self.control.prefilled(decision.route, done.kv_bytes, done.transfer_s)
-                    route = self._route_info(routed, done, time.perf_counter() - arrival)
                     first_at = time.perf_counter()
+                    route = self._route_info(routed, done, first_at - arrival)
+                    _breakdown(route, done, arrival, marks["sent"], marks.get("prefilled", first_at), first_at)
                     _observe_prefill(decision.route, decision.reason, route, done)
                 text = self._delta(ids, list(resp.token_ids))
                 yield router_pb2.GenerateResponse(
@@ -319,6 +322,21 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             prefill_worker=r.prefill,
             decode_worker=r.decoder,
         )
+
+
+def _breakdown(
+    info: router_pb2.RouteInfo,
+    done: prefill_pb2.PrefillResponse,
+    arrival: float,
+    sent: float,
+    prefilled: float,
+    first: float,
+) -> None:
+    """Split TTFT into routing, prefill queueing, compute, the transfer tail and decode admission."""
+    info.route_s = sent - arrival
+    info.queue_s, info.prefill_s = done.queue_s, done.prefill_s
+    info.transfer_tail_s = max(0.0, prefilled - sent - done.queue_s - done.prefill_s)
+    info.decode_admit_s = max(0.0, first - prefilled)
 
 
 def _retry_after_ms(exc: grpc.aio.AioRpcError, default_ms: int) -> int:
