@@ -255,10 +255,11 @@ class DataListener:
 class DataConnection:
     """The sending end of one data connection."""
 
-    def __init__(self, writer: asyncio.StreamWriter, where: str) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, where: str, tls: bool = False) -> None:
         self._writer = writer
         self.where = where
-        writer.transport.set_write_buffer_limits(high=0)  # drain() waits until the transport holds nothing
+        if not tls:  # drain() waits until the transport holds nothing (an SSL transport never reports zero)
+            writer.transport.set_write_buffer_limits(high=0)
 
     @classmethod
     async def open(
@@ -279,7 +280,7 @@ class DataConnection:
         if answer != ACCEPTED:
             writer.close()
             raise DataPlaneError(f"the KV data plane at {where} refused the connection (unknown or used token)")
-        return cls(writer, where)
+        return cls(writer, where, tls=ssl_context is not None)
 
     async def send(self, chunk: memoryview) -> None:
         """One frame, written in pieces, each once the last has left for the kernel: asyncio copies the

@@ -24,7 +24,10 @@ async def build_server(
     runner = AsyncEngine(engine or build_engine(settings), "pd-engine", settings.threads)
     runner.start()
     prefill = PrefillServicer(runner, settings)
-    data = await DataListener.start(settings.host, max_buffered_bytes=settings.credit_window_bytes)
+    ssl_context = prefill.tls.server_ssl_context() if prefill.tls else None
+    data = await DataListener.start(
+        settings.host, ssl_context=ssl_context, max_buffered_bytes=settings.credit_window_bytes
+    )
     decode = DecodeServicer(
         runner,
         DecodeSettings(

@@ -46,6 +46,7 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
         self._publishing: set[asyncio.Task[None]] = set()
         self.samples: deque[prefill_pb2.PrefillSample] = deque(maxlen=128)
         self.tls = service_tls(settings)
+        self._data_ssl = self.tls.client_ssl_context() if self.tls else None  # data plane: same CA and identity
         self.pool = cachepool_pb2_grpc.CachePoolServiceStub(channel(settings.pool, self.tls)) if settings.pool else None
 
     async def _fill_from_pool(self, ids: list[int], salt: bytes, tenant: str) -> int:
@@ -107,7 +108,9 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
 
     def _data_plane(self, decode_address: str) -> DataPlaneTarget | None:
         """`kv_transport=tcp`: chunks on the decode worker's data plane (same host as its gRPC port)."""
-        return DataPlaneTarget(data_host(decode_address)) if self.settings.kv_transport == "tcp" else None
+        if self.settings.kv_transport != "tcp":
+            return None
+        return DataPlaneTarget(data_host(decode_address), self._data_ssl)
 
     async def close(self) -> None:
         if self._publishing:

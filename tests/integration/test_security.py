@@ -66,6 +66,8 @@ async def test_every_hop_on_mutual_tls_serves_both_routes(pki: Pki, capsys: pyte
         async with AsyncClient(router, token="tok", tls=pki.anonymous, retries=0) as client:
             with pytest.raises(UnavailableError):
                 await client.generate(short, sampling)
+        decoder = next(srv.servicer for name, srv in stack.servers.items() if name.startswith("decode"))
+        data_connections = decoder.data.num_accepted  # type: ignore[union-attr]
         capsys.readouterr()
         flags = ["--tls-ca", pki.client.ca_file, "--tls-cert", pki.client.cert_file, "--tls-key", pki.client.key_file]
         argv = ["generate", "--router", router, "--token-ids", ",".join(map(str, short)), "--max-new-tokens", "6"]
@@ -73,7 +75,8 @@ async def test_every_hop_on_mutual_tls_serves_both_routes(pki: Pki, capsys: pyte
         cli = json.loads(capsys.readouterr().out)
     assert list(local.token_ids) == expected[0] and local.route and local.route.route == "local"
     assert list(remote.token_ids) == expected[1] and remote.route and remote.route.route == "prfaas"
-    assert remote.route.kv_bytes > 0  # the cross-datacenter hop (prefill -> decode) ran on TLS too
+    assert remote.route.kv_bytes > 0  # the cross-datacenter hop (prefill -> decode) ran on TLS too,
+    assert data_connections >= 1  # chunks included: on the TLS data plane
     assert exit_code == 0 and cli["token_ids"] == expected[0] and cli["route"] == "local"
 
 
