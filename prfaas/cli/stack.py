@@ -100,6 +100,7 @@ class Service:
     port: int = 0
     metrics_port: int | None = None
     forwards: list[PortForward] = field(default_factory=list)
+    command: tuple[str, tuple[str, ...], str] = ("", (), "pd")  # module, arguments, cluster: to start it again
 
     @property
     def internal(self) -> str:
@@ -152,10 +153,31 @@ class LocalStack:
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.stop()
 
-    def _start(self, name: str, module: str, *args: str, cluster: str = "pd", port: int = 0) -> Service:
+    def service(self, name: str) -> Service:
+        return next(s for s in self.services if s.name == name)
+
+    def restart(self, name: str, timeout_s: float = 60.0) -> Service:
+        """Start a service again (killing it first if it still runs) with the same command on the same port,
+        as a supervisor would; returns once it reports SERVING."""
+        old = self.service(name)
+        if old.proc.poll() is None:
+            old.proc.kill()
+        old.proc.wait()
+        for forward in old.forwards:
+            forward.close()
+        self.services.remove(old)
+        module, args, cluster = old.command
+        outer = int(old.address.rsplit(":", 1)[1])
+        new = self._start(name, module, *args, cluster=cluster, port=outer, inner_port=old.port)
+        wait_healthy(new.address, timeout_s)
+        return new
+
+    def _start(
+        self, name: str, module: str, *args: str, cluster: str = "pd", port: int = 0, inner_port: int = 0
+    ) -> Service:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "OTEL_SERVICE_NAME": f"prfaas-{name}"}
         site = self._site(cluster)
-        inner_port = 0 if site.ns else port
+        inner_port = inner_port if site.ns else port
         cmd = [sys.executable, "-m", f"services.{module}", "--host", site.host, "--port", str(inner_port)]
         cmd += ["--metrics-port", "0", *args]
         if site.ns is not None:
@@ -164,7 +186,7 @@ class LocalStack:
             proc = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=_repo_root(), preexec_fn=_die_with_us
             )
-        service = Service(name, proc, site)
+        service = Service(name, proc, site, command=(module, args, cluster))
         self.services.append(service)
         service.port, service.metrics_port = _read_ports(service)
         threading.Thread(target=_drain, args=(proc,), daemon=True).start()

@@ -80,6 +80,11 @@ LINK_UTILIZATION = Gauge(
     "PrfaaS->PD egress bytes/s over link capacity, recent window, 0..1.",
     registry=REGISTRY,
 )
+LINK_CAPACITY = Gauge(
+    "prfaas_link_capacity_gbps",
+    "What the router takes the PrfaaS->PD link to carry: configured, or measured while it is the bottleneck.",
+    registry=REGISTRY,
+)
 ROUTING_THRESHOLD = Gauge(
     "prfaas_routing_threshold_tokens", "The routing threshold t in effect (inf: never offload).", registry=REGISTRY
 )
@@ -110,6 +115,18 @@ ERRORS = Counter(
 )
 KV_TRANSFERS_MISSING = Counter(
     "prfaas_kv_transfers_missing_total", "Requests whose KV state was expected but never arrived.", registry=REGISTRY
+)
+BACKEND_UP = Gauge(
+    "prfaas_backend_up",
+    "The router's view of a backend (worker or pool): 1 healthy, 0 marked down.",
+    ["address"],
+    registry=REGISTRY,
+)
+REQUEST_RETRIES = Counter(
+    "prfaas_request_retries_total",
+    "Request attempts the router started again, by what failed.",
+    ["failed"],
+    registry=REGISTRY,
 )
 KV_TRANSFER_STALL_SECONDS = Counter(
     "prfaas_kv_transfer_stall_seconds_total", "Time KV senders waited for flow-control credit.", registry=REGISTRY

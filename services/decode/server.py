@@ -31,6 +31,7 @@ from prfaas.v1 import decode_pb2, decode_pb2_grpc
 from services.decode.settings import DecodeSettings
 
 log = logging.getLogger(__name__)
+LEASE_EXPIRED = "kv_lease_expired"  # finish reason of the event that ends a Decode stream whose lease ran out
 
 
 @dataclass(eq=False, slots=True)
@@ -41,6 +42,9 @@ class Pending:
     events: asyncio.Queue[TokenEvent]
     importing: asyncio.Event = field(default_factory=asyncio.Event)  # set once the manifest is accepted
     kv_bytes: int = 0
+    renewed_s: float = field(default_factory=time.monotonic)  # last sign of life of its transfer (see `_expired`)
+    committed: bool = False  # the whole state arrived: it decodes, no lease any more
+    lost: str | None = None  # why its state will never arrive (the lease expired)
 
 
 class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
@@ -51,6 +55,37 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
         self._background: set[asyncio.Future[None]] = set()
         self.pending: dict[str, Pending] = {}
         self._registered = asyncio.Condition()
+        self._reaper: asyncio.Task[None] | None = None
+
+    def start_leases(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_leases())
+
+    async def stop_leases(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+
+    def _expired(self, now_s: float) -> list[Pending]:
+        """KV lease rule: a registered request whose state is not complete holds a lease of `kv_lease_s`,
+        renewed by every sign of its transfer (registration, open, manifest, each chunk applied). A lease that
+        runs out means the sender (or the router behind it) is gone or cut off: the request's blocks and slot
+        are freed and its Decode stream ends with ABORTED, so neither memory nor a caller waits forever."""
+        lease_s = self.settings.kv_lease_s
+        live = [p for p in self.pending.values() if not p.committed and p.lost is None]
+        return [p for p in live if now_s - p.renewed_s > lease_s]
+
+    async def _reap_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.kv_lease_s / 4)
+            for pending in self._expired(time.monotonic()):
+                rid = pending.request.request_id
+                lease_s = self.settings.kv_lease_s
+                pending.lost = f"KV state of {rid} expected but not received within the {lease_s:g}s lease"
+                metrics.KV_TRANSFERS_MISSING.inc()
+                with contextlib.suppress(EngineStopped):
+                    await self.engine.call(lambda e, rid=rid: e.abort(rid))  # type: ignore[misc]
+                pending.events.put_nowait(TokenEvent(rid, 0, 0, LEASE_EXPIRED))
 
     async def Decode(
         self, request: decode_pb2.DecodeRequest, context: grpc.aio.ServicerContext
@@ -74,6 +109,9 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
         count = 0
         try:
             async for ev in self.engine.events(rid, pending.events):
+                if ev.finish_reason == LEASE_EXPIRED:
+                    span.add_event("kv.missing", {"error": pending.lost or ""})
+                    await abort(context, grpc.StatusCode.ABORTED, pending.lost or "KV lease expired")
                 count += 1
                 if first_s is None:
                     first_s = time.perf_counter()
@@ -116,6 +154,7 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
         if pending is None:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"no Decode registration for {opened.request_id!r}")
         rid, req = opened.request_id, pending.request
+        pending.renewed_s = time.monotonic()
         salt = tenant_salt(req.tenant_id)
         start = await self.engine.call(lambda e: e.match_transfer_prefix(list(req.token_ids), salt).num_tokens)
         offer = self.data.offer() if self.data is not None and opened.data_plane else None
@@ -167,11 +206,13 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
                     )
                 await self.engine.call(lambda e: e.begin_import(manifest, list(req.token_ids), params, salt))  # noqa: B023
                 pending.importing.set()
+                pending.renewed_s = time.monotonic()
             elif kind == "chunk":
                 yield await self._apply(pending, msg.chunk)
             elif kind == "commit":
                 token = msg.commit.first_token_id
                 ev = await self.engine.call(lambda e: e.finish_import(rid, token))  # noqa: B023
+                pending.committed = True
                 pending.events.put_nowait(ev)
                 yield decode_pb2.TransferKvResponse(done=decode_pb2.TransferDone(kv_bytes=pending.kv_bytes))
                 return
@@ -183,6 +224,7 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
         """Apply one chunk on the engine thread, then return its bytes as credit."""
         await self.engine.call(lambda e: e.apply_chunk(KvChunk.decode(data)))
         pending.kv_bytes += len(data)
+        pending.renewed_s = time.monotonic()
         return decode_pb2.TransferKvResponse(credit_bytes=len(data))
 
     def _drop_import(self, rid: str) -> None:
@@ -269,24 +311,22 @@ async def build_server(
     coroutine (closes the data plane, stops the engine)."""
     runner = AsyncEngine(engine or build_engine(settings), "decode-engine", settings.threads)
     runner.start()
-    tls = service_tls(settings)
     data = await DataListener.start(
-        settings.host,
-        settings.kv_data_port,
-        ssl_context=tls.server_ssl_context() if tls else None,  # the data plane follows the gRPC port's TLS
-        max_buffered_bytes=settings.credit_window_bytes,
+        settings.host, settings.kv_data_port, max_buffered_bytes=settings.credit_window_bytes
     )
     servicer = DecodeServicer(runner, settings, data)
+    servicer.start_leases()
     running = await start_server(
         settings.host,
         settings.port,
         [lambda s: add_decode_service(servicer, s)],
         [decode_pb2.DESCRIPTOR.services_by_name["DecodeService"].full_name],
-        tls=tls,
+        tls=service_tls(settings),
     )
     running.servicer = servicer
 
     async def cleanup() -> None:
+        await servicer.stop_leases()
         await data.close()
         await runner.stop()
 

@@ -13,6 +13,7 @@ from prfaas.sched.routing import WorkerView
 from prfaas.service.grpc_server import channel
 from prfaas.service.tls import TlsSettings
 from prfaas.v1 import cachepool_pb2, cachepool_pb2_grpc, prefill_pb2, prefill_pb2_grpc
+from services.router.health import Health
 
 PROBE_TIMEOUT_S = 2.0
 
@@ -37,21 +38,25 @@ class Cluster:
         pool: str,
         members: Callable[[], Sequence[str]] | None = None,
         tls: TlsSettings | None = None,
+        health: Health | None = None,
     ) -> None:
         self.name = name
+        self.health = health or Health(1.0, tls)
+        self.pool_address = pool
         self.prefill = {a: prefill_pb2_grpc.PrefillServiceStub(channel(a, tls)) for a in prefill}
         self.members = members or (lambda: list(self.prefill))  # workers currently in the prefill role
         self.pool = cachepool_pb2_grpc.CachePoolServiceStub(channel(pool, tls)) if pool else None
 
     async def cached_tokens(self, tenant: str, hashes: list[bytes], prompt_tokens: int, block_size: int) -> int:
-        if self.pool is None or not hashes:
-            return 0
+        if self.pool is None or not hashes or not self.health.is_up(self.pool_address):
+            return 0  # no pool, or one marked down: serve without the cache until it answers health checks
         req = cachepool_pb2.LookupPrefixRequest(
             tenant_id=tenant, block_hashes=hashes, prompt_tokens=prompt_tokens, block_size=block_size
         )
         try:
             return int((await self.pool.LookupPrefix(req, timeout=PROBE_TIMEOUT_S)).num_tokens)
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as exc:
+            self.health.mark_down(self.pool_address, f"cache pool lookup: {exc.code().name}")
             return 0  # a pool that is down means no cache, not a failed request
 
     async def views(self) -> list[PrefillView]:
@@ -62,7 +67,7 @@ class Cluster:
             samples = tuple(PrefillSample(s.tokens, s.seconds, s.kv_bytes) for s in resp.samples)
             return PrefillView(WorkerView(addr, resp.queue_depth), samples)
 
-        return await gather_ok([probe(a) for a in self.members()])
+        return await gather_ok([probe(a) for a in self.health.up(list(self.members()))])
 
     async def copy_prefix_to(self, other: Cluster, tenant: str, hashes: list[bytes]) -> int:
         """Cross-cluster prefix transfer (§3.4.3): blocks this pool holds, put into the other's pool."""

@@ -4,6 +4,7 @@ decode worker, start the prefill and stream the decode worker's tokens back to t
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,16 +38,21 @@ from prfaas.v1 import (
 )
 from services.router.cluster import Cluster, PrefillView
 from services.router.control import RouterControl
+from services.router.health import Health
+from services.router.retry import PREFILL as PREFILL_STAGE
+from services.router.retry import AttemptFailed, attempt_id, race, resumed, should_retry
 from services.router.roles import DECODE, PREFILL, RoleTable
 from services.router.settings import RouterSettings, split_addresses
+
+log = logging.getLogger(__name__)
 
 
 class BadRequest(ValueError):
     """The client's request is invalid; the message says what to fix."""
 
 
-def _unavailable(message: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), message)
+def _status(code: grpc.StatusCode, message: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +82,17 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         decoders = split_addresses(settings.decode)
         self.roles = RoleTable(pd_prefill, decoders, dual, settings.pd_prefill_workers)
         self.tls = service_tls(settings)
-        self.prfaas = Cluster(PRFAAS, split_addresses(settings.prfaas_prefill), settings.prfaas_pool, tls=self.tls)
+        self.health = Health(settings.health_interval_s, self.tls)
+        self.prfaas = Cluster(
+            PRFAAS, split_addresses(settings.prfaas_prefill), settings.prfaas_pool, tls=self.tls, health=self.health
+        )
         self.pd = Cluster(
-            LOCAL, [*pd_prefill, *dual], settings.pd_pool, lambda: self.roles.members(PREFILL), tls=self.tls
+            LOCAL,
+            [*pd_prefill, *dual],
+            settings.pd_pool,
+            lambda: self.roles.members(PREFILL),
+            tls=self.tls,
+            health=self.health,
         )
         self.clusters = {PRFAAS: self.prfaas, LOCAL: self.pd}
         self.decode = {a: decode_pb2_grpc.DecodeServiceStub(channel(a, self.tls)) for a in [*decoders, *dual]}
@@ -150,7 +164,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if not views[decision.route]:  # e.g. naive with PrfaaS down, or no local prefill worker
             other = LOCAL if decision.route == PRFAAS else PRFAAS
             if not views[other]:
-                raise _unavailable("no prefill worker answers")
+                raise _status(grpc.StatusCode.UNAVAILABLE, "no prefill worker answers")
             decision = replace(decision, route=other, reason=f"{decision.reason}; no {decision.route} worker answers")
         if (
             decision.move_prefix
@@ -195,10 +209,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             samples = [DecodeSample(x.batch, x.seconds) for x in load.samples]
             return WorkerView(addr, load.active, match.cached_tokens), samples
 
-        results = await asyncio.gather(*(view(a) for a in self.roles.members(DECODE)), return_exceptions=True)
+        members = list(self.roles.members(DECODE))
+        candidates = self.health.up(members) or members  # all marked down: try them all rather than fail
+        results = await asyncio.gather(*(view(a) for a in candidates), return_exceptions=True)
         answered = [r for r in results if isinstance(r, tuple)]
         if not answered:
-            raise _unavailable("no decode worker answers")
+            raise _status(grpc.StatusCode.UNAVAILABLE, "no decode worker answers")
         self.control.decode_samples = [x for _, samples in answered for x in samples]
         return [w for w, _ in answered]
 
@@ -248,6 +264,39 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def _serve(
         self, prompt: Prompt, sampling: common_pb2.SamplingParams, timeout: float, arrival: float
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
+        """Attempts until one finishes; a failed one is retried by `retry.should_retry`, continuing after
+        the tokens the client already has (`retry.resumed`)."""
+        deadline = time.monotonic() + timeout
+        ids: list[int] = []  # tokens the client has received, over all attempts
+        for attempt in range(self.settings.max_attempts):
+            current, left = resumed(prompt.token_ids, ids, sampling)
+            step = replace(prompt, request_id=attempt_id(prompt.request_id, attempt), token_ids=current)
+            try:
+                async for msg in self._attempt(step, left, deadline - time.monotonic(), arrival, ids, attempt):
+                    yield msg
+                return
+            except AttemptFailed as exc:
+                failure = exc.failure
+                if failure.worker_down:
+                    self.health.mark_down(failure.address, failure.describe())
+                if not should_retry(failure, attempt, self.settings.max_attempts, deadline - time.monotonic()):
+                    raise exc.error from exc  # the worker's own status and trailers (a retry-after hint)
+                metrics.REQUEST_RETRIES.labels(failure.stage).inc()
+                trace.get_current_span().add_event("request.retry", {"attempt": attempt + 1, "failed": str(exc)})
+                log.warning("retrying %s after %s", prompt.request_id, failure.describe())
+
+    async def _attempt(
+        self,
+        prompt: Prompt,
+        sampling: common_pb2.SamplingParams,
+        timeout: float,
+        arrival: float,
+        ids: list[int],
+        epoch: int,
+    ) -> AsyncIterator[router_pb2.GenerateResponse]:
+        """One try: register with the decode worker, prefill (which streams the state to it), relay tokens.
+        Failures come out as `AttemptFailed`; both calls are cancelled on the way out, so the workers drop
+        whatever the attempt left."""
         with tracer().start_as_current_span("route"):
             routed = await self._decide(prompt)
         decision, decoder, prefill_addr = routed.decision, routed.decoder, routed.prefill
@@ -269,24 +318,26 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     token_ids=prompt.token_ids,
                     sampling=sampling,
                     decode_address=decoder,
-                    epoch=0,
+                    epoch=epoch,
                 ),
-                timeout=timeout,
+                timeout=min(timeout, self.settings.prefill_timeout_s),
             )
         )
         prefill.add_done_callback(lambda _: marks.setdefault("prefilled", time.perf_counter()))
         try:
-            ids: list[int] = []
-            async for resp in _race(decode_call, prefill):
+            fresh = not ids  # the client has no token yet: this attempt sends the route info
+            first_at = time.perf_counter()
+            async for resp in race(decode_call, prefill, decoder, prefill_addr):
                 route = None
-                if not ids:
-                    done = await prefill
+                if not prefilled:
+                    done = await self._prefilled(prefill, prefill_addr)
                     prefilled = True
-                    self.control.prefilled(decision.route, done.kv_bytes, done.transfer_s)
+                    self.control.prefilled(decision.route, done.kv_bytes, done.transfer_s, done.tail_s, done.prefill_s)
                     first_at = time.perf_counter()
-                    route = self._route_info(routed, done, first_at - arrival)
-                    _breakdown(route, done, arrival, marks["sent"], marks.get("prefilled", first_at), first_at)
-                    _observe_prefill(decision.route, decision.reason, route, done)
+                    if fresh:
+                        route = self._route_info(routed, done, first_at - arrival)
+                        _breakdown(route, done, arrival, marks["sent"], marks.get("prefilled", first_at), first_at)
+                        _observe_prefill(decision.route, decision.reason, route, done)
                 text = self._delta(ids, list(resp.token_ids))
                 yield router_pb2.GenerateResponse(
                     token_ids=resp.token_ids, text=text, finish_reason=resp.finish_reason, route=route
@@ -295,12 +346,22 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             if len(ids) > 1:
                 metrics.TPOT_SECONDS.labels(decision.route).observe((time.perf_counter() - first_at) / (len(ids) - 1))
             metrics.LINK_UTILIZATION.set(self.control.egress.utilization())
+            metrics.LINK_CAPACITY.set(self.control.egress.capacity_gbps())
             metrics.ROUTING_THRESHOLD.set(self.control.policy.threshold_tokens)
         finally:
             if not prefilled:
                 self.control.prefilled(decision.route, 0, 0.0)
             decode_call.cancel()
             prefill.cancel()
+
+    @staticmethod
+    async def _prefilled(
+        prefill: asyncio.Future[prefill_pb2.PrefillResponse], address: str
+    ) -> prefill_pb2.PrefillResponse:
+        try:
+            return await prefill
+        except grpc.aio.AioRpcError as exc:
+            raise AttemptFailed.of(PREFILL_STAGE, address, exc) from exc
 
     def _delta(self, ids: list[int], new: list[int]) -> str:
         if self.tokenizer is None:
@@ -352,24 +413,10 @@ def _observe_prefill(route: str, reason: str, info: router_pb2.RouteInfo, done: 
     metrics.CACHE_HIT_TOKENS.labels(route).inc(info.cached_tokens)
 
 
-async def _race(
-    decode_call: grpc.aio.UnaryStreamCall, prefill: asyncio.Future[prefill_pb2.PrefillResponse]
-) -> AsyncIterator[decode_pb2.DecodeResponse]:
-    """Decode responses, failing fast if the prefill fails before the first token arrives."""
-    it = decode_call.__aiter__()
-    first = asyncio.ensure_future(it.__anext__())
-    await asyncio.wait([first, prefill], return_when=asyncio.FIRST_COMPLETED)
-    if prefill.done() and prefill.exception() is not None and not first.done():
-        first.cancel()
-        raise prefill.exception()  # type: ignore[misc]
-    yield await first
-    async for resp in it:
-        yield resp
-
-
 async def build_server(settings: RouterSettings) -> tuple[RunningServer, Callable[[], Awaitable[None]]]:
     servicer = RouterServicer(settings)
     servicer.control.start()
+    servicer.health.start()
     name = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
     auth = [BearerTokenInterceptor(settings.auth_token, [name])] if settings.auth_token else []
     running = await start_server(
@@ -382,4 +429,9 @@ async def build_server(settings: RouterSettings) -> tuple[RunningServer, Callabl
     )
 
     running.servicer = servicer
-    return running, servicer.control.stop
+
+    async def cleanup() -> None:
+        await servicer.health.stop()
+        await servicer.control.stop()
+
+    return running, cleanup

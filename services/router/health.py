@@ -1,0 +1,83 @@
+"""Which backends the router currently trusts: workers and pools that failed are left out until a health
+check says they are back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from prfaas.service.grpc_server import channel
+from prfaas.service.tls import TlsSettings
+from prfaas.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+
+class Health:
+    """Marks backends down on failure and re-probes them with `grpc.health.v1` until they answer SERVING.
+
+    Rule: one failed call (unreachable, broken stream, attempt deadline) marks its backend down at once;
+    the router then routes around it (prefill and decode choices, cache-pool lookups) instead of paying a
+    probe timeout per request. Every `interval_s` each down backend gets one health check with a deadline
+    of `interval_s`; the first SERVING answer brings it back. Backends never marked down are not probed
+    here: the router's per-request load probes already see them.
+    """
+
+    def __init__(self, interval_s: float, tls: TlsSettings | None = None, clock: Callable[[], float] = time.monotonic):
+        self.interval_s = interval_s
+        self.tls = tls
+        self.clock = clock
+        self.down: dict[str, str] = {}  # address -> why it was marked down
+        self._stubs: dict[str, health_pb2_grpc.HealthStub] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def is_up(self, address: str) -> bool:
+        return address not in self.down
+
+    def up(self, addresses: list[str]) -> list[str]:
+        return [a for a in addresses if a not in self.down]
+
+    def mark_down(self, address: str, why: str) -> None:
+        if address not in self.down:
+            log.warning("%s marked unhealthy: %s", address, why)
+        self.down[address] = why
+        metrics.BACKEND_UP.labels(address).set(0)
+
+    def mark_up(self, address: str) -> None:
+        if self.down.pop(address, None) is not None:
+            log.info("%s is healthy again", address)
+        metrics.BACKEND_UP.labels(address).set(1)
+
+    async def probe_once(self) -> None:
+        """One health check of every backend marked down."""
+        await asyncio.gather(*(self._probe(a) for a in list(self.down)))
+
+    async def _probe(self, address: str) -> None:
+        if address not in self._stubs:
+            self._stubs[address] = health_pb2_grpc.HealthStub(channel(address, self.tls))
+        try:
+            resp = await self._stubs[address].Check(health_pb2.HealthCheckRequest(), timeout=self.interval_s)
+        except grpc.aio.AioRpcError:
+            return
+        if resp.status == health_pb2.HealthCheckResponse.SERVING:
+            self.mark_up(address)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.probe_once()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,109 @@
+"""When the router starts a request again after a worker failed, and what the new attempt carries."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from prfaas.v1 import common_pb2, decode_pb2, prefill_pb2
+
+PREFILL, DECODE = "prefill", "decode"
+
+# A worker or the path to it failed; the request itself is fine and may be served elsewhere.
+RETRYABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED}
+)
+TRANSFER_FAILED = "KV transfer to "  # how a prefill worker reports a transfer it could not complete
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What broke an attempt: which call (`stage`), on which worker, with which status."""
+
+    stage: str
+    address: str
+    code: grpc.StatusCode
+    details: str
+
+    @classmethod
+    def of(cls, stage: str, address: str, exc: grpc.aio.AioRpcError) -> Failure:
+        return cls(stage, address, exc.code(), exc.details() or "")
+
+    def describe(self) -> str:
+        return f"{self.stage} on {self.address}: {self.code.name}: {self.details}"
+
+    @property
+    def worker_down(self) -> bool:
+        """Whether the worker itself is to blame (so the router stops choosing it until it answers health
+        checks again). A prefill worker reporting a failed transfer is alive: the decode side or the link
+        failed, and the next attempt's probes find out which. ABORTED is a worker dropping one request (a
+        KV lease that expired), not a dead worker."""
+        if self.code not in RETRYABLE or self.code == grpc.StatusCode.ABORTED:
+            return False
+        return not (self.stage == PREFILL and self.details.startswith(TRANSFER_FAILED))
+
+
+class AttemptFailed(Exception):
+    """An attempt's call failed: `failure` says where, `error` is the worker's status (trailers included)."""
+
+    def __init__(self, failure: Failure, error: grpc.aio.AioRpcError) -> None:
+        super().__init__(failure.describe())
+        self.failure = failure
+        self.error = error
+
+    @classmethod
+    def of(cls, stage: str, address: str, exc: grpc.aio.AioRpcError) -> AttemptFailed:
+        return cls(Failure.of(stage, address, exc), exc)
+
+
+def should_retry(failure: Failure, attempt: int, max_attempts: int, remaining_s: float) -> bool:
+    """Retry rule: a request is started again (prefill and decode, on the workers the routing policy picks
+    among the healthy ones) when its attempt failed with a retryable status (UNAVAILABLE, DEADLINE_EXCEEDED
+    of the attempt, ABORTED, CANCELLED), fewer than `max_attempts` attempts were made and the request's own
+    deadline leaves time. Anything else (bad input, overload with its retry-after hint) is the client's to
+    see as is."""
+    return failure.code in RETRYABLE and attempt + 1 < max_attempts and remaining_s > 0.05
+
+
+def attempt_id(request_id: str, attempt: int) -> str:
+    """The id an attempt uses on the workers. Every retry has its own, so nothing left of an abandoned
+    attempt (a half-imported state, a late chunk, a stale transfer) can touch the new one; the workers drop
+    the old attempt's state when the router cancels its calls."""
+    return request_id if attempt == 0 else f"{request_id[:120]}:{attempt}"
+
+
+def resumed(
+    prompt: list[int], generated: list[int], sampling: common_pb2.SamplingParams
+) -> tuple[list[int], common_pb2.SamplingParams]:
+    """The prompt and sampling of an attempt that continues after `generated` tokens: the new attempt
+    prefills prompt + generated and produces only what is left. With greedy decoding the continuation is
+    the same tokens the lost worker would have produced."""
+    left = common_pb2.SamplingParams()
+    left.CopyFrom(sampling)
+    left.max_new_tokens = (sampling.max_new_tokens or 32) - len(generated)
+    return [*prompt, *generated], left
+
+
+async def race(
+    decode_call: grpc.aio.UnaryStreamCall,
+    prefill: asyncio.Future[prefill_pb2.PrefillResponse],
+    decoder: str,
+    prefill_worker: str,
+) -> AsyncIterator[decode_pb2.DecodeResponse]:
+    """Decode responses, failing fast if the prefill fails before the first token arrives; every failure
+    comes out as `AttemptFailed` naming the call and worker that failed."""
+    it = decode_call.__aiter__()
+    first = asyncio.ensure_future(it.__anext__())
+    await asyncio.wait([first, prefill], return_when=asyncio.FIRST_COMPLETED)
+    if prefill.done() and not first.done() and isinstance(prefill.exception(), grpc.aio.AioRpcError):
+        first.cancel()
+        raise AttemptFailed.of(PREFILL, prefill_worker, prefill.exception())
+    try:
+        yield await first
+        async for resp in it:
+            yield resp
+    except grpc.aio.AioRpcError as exc:
+        raise AttemptFailed.of(DECODE, decoder, exc) from exc
