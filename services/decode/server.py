@@ -311,8 +311,12 @@ async def build_server(
     coroutine (closes the data plane, stops the engine)."""
     runner = AsyncEngine(engine or build_engine(settings), "decode-engine", settings.threads)
     runner.start()
+    tls = service_tls(settings)
     data = await DataListener.start(
-        settings.host, settings.kv_data_port, max_buffered_bytes=settings.credit_window_bytes
+        settings.host,
+        settings.kv_data_port,
+        ssl_context=tls.server_ssl_context() if tls else None,  # the data plane follows the gRPC port's TLS
+        max_buffered_bytes=settings.credit_window_bytes,
     )
     servicer = DecodeServicer(runner, settings, data)
     servicer.start_leases()
@@ -321,7 +325,7 @@ async def build_server(
         settings.port,
         [lambda s: add_decode_service(servicer, s)],
         [decode_pb2.DESCRIPTOR.services_by_name["DecodeService"].full_name],
-        tls=service_tls(settings),
+        tls=tls,
     )
     running.servicer = servicer
 
