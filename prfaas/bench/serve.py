@@ -30,6 +30,7 @@ from prfaas.sched.workload import split_at
 
 SAMPLE_PERIOD_S = 0.5
 _THRESHOLD = re.compile(r"^prfaas_routing_threshold_tokens (\S+)$", re.MULTILINE)
+_CAPACITY = re.compile(r"^prfaas_link_capacity_gbps (\S+)$", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class Sample:
     link_bps: float | None  # PrfaaS -> PD bytes on the link over the last period, in bit/s
     link_tx_bytes: int | None  # PrfaaS -> PD bytes on the link since it was created (interface counter)
     threshold_tokens: float | None  # the router's t (inf: never offload)
+    capacity_gbps: float | None = None  # what the router takes the link to carry (configured or measured)
 
 
 @dataclass(slots=True)
@@ -82,18 +84,18 @@ class Sampler:
         bps = None
         if sent is not None and last is not None and last.link_tx_bytes is not None and now - t0 > last.t_s:
             bps = (sent - last.link_tx_bytes) * 8 / (now - t0 - last.t_s)
-        self.samples.append(Sample(now - t0, self._rate(), bps, sent, self._threshold()))
+        self.samples.append(Sample(now - t0, self._rate(), bps, sent, *self._router()))
 
     def _loop(self, t0: float, events: list[LinkEvent]) -> None:
         last_bytes, last_t = self._link_bytes(), time.perf_counter()
-        self.samples.append(Sample(last_t - t0, self._rate(), None, last_bytes, self._threshold()))
+        self.samples.append(Sample(last_t - t0, self._rate(), None, last_bytes, *self._router()))
         while not self._stop.wait(SAMPLE_PERIOD_S):
             now = time.perf_counter()
             while events and now - t0 >= events[0].at_s:
                 self._apply(events.pop(0))
             sent = self._link_bytes()
             bps = None if sent is None or last_bytes is None else (sent - last_bytes) * 8 / (now - last_t)
-            self.samples.append(Sample(now - t0, self._rate(), bps, sent, self._threshold()))
+            self.samples.append(Sample(now - t0, self._rate(), bps, sent, *self._router()))
             last_bytes, last_t = sent, now
 
     def _rate(self) -> float | None:
@@ -112,16 +114,18 @@ class Sampler:
         stats = json.loads(run_command(["ip", "-n", link.dc1, "-s", "-j", "link", "show"]))
         return sum(int(d["stats64"]["tx"]["bytes"]) for d in stats if d["ifname"] != "lo")
 
-    def _threshold(self) -> float | None:
+    def _router(self) -> tuple[float | None, float | None]:
+        """The router's t and link capacity, from its /metrics."""
         router = next((s for s in self.stack.services if s.name == "router"), None)
         if router is None or router.metrics_address is None:
-            return None
+            return None, None
         try:
             with urllib.request.urlopen(f"http://{router.metrics_address}/metrics", timeout=1.0) as resp:
-                match = _THRESHOLD.search(resp.read().decode())
+                text = resp.read().decode()
         except OSError:
-            return None
-        return float(match.group(1)) if match else None
+            return None, None
+        found = [pattern.search(text) for pattern in (_THRESHOLD, _CAPACITY)]
+        return (float(found[0].group(1)) if found[0] else None), (float(found[1].group(1)) if found[1] else None)
 
 
 @dataclass(frozen=True, slots=True)

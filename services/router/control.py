@@ -49,7 +49,7 @@ class RouterControl:
         return ClusterState(
             prfaas_available=prfaas_available,
             egress_utilization=self.egress.utilization(),
-            link_gbps=self.settings.link_gbps,
+            link_gbps=self.egress.capacity_gbps(),  # configured, or measured while the link is the bottleneck
             prfaas_queue_depth=self.in_flight[PRFAAS],
             prfaas_queue_limit=self.settings.prfaas_queue_limit * max(n_prfaas, 1),
             pd_queue_depth=self.in_flight["local"],
@@ -65,10 +65,12 @@ class RouterControl:
     def started(self, route: str) -> None:
         self.in_flight[route] += 1
 
-    def prefilled(self, route: str, kv_bytes: int, transfer_s: float) -> None:
+    def prefilled(
+        self, route: str, kv_bytes: int, transfer_s: float, tail_s: float = 0.0, compute_s: float = 0.0
+    ) -> None:
         self.in_flight[route] -= 1
         if route == PRFAAS:
-            self.egress.record(kv_bytes, transfer_s)
+            self.egress.record(kv_bytes, transfer_s, tail_s, compute_s)
 
     # -- long timescale -----------------------------------------------------------------------------
     def observation(self) -> PeriodObservation | None:
@@ -82,7 +84,7 @@ class RouterControl:
         return PeriodObservation(
             tuple(self.incremental),
             tuple(self.prompts),
-            self.settings.link_gbps,
+            self.egress.capacity_gbps(),
             n_prfaas,
             n_prefill,
             n_decode,
