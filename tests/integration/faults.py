@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import grpc
+import numpy as np
 
 from prfaas.cli.stack import LocalStack, Service, Topology
 from prfaas.client import AsyncClient, Sampling
@@ -41,7 +42,7 @@ LONG, SHORT = 8000, 100
 
 
 def prompt(n: int, seed: int = 0) -> list[int]:
-    return [1 + (i * 7919 + seed * 104729) % 499 for i in range(n)]
+    return [int(t) for t in np.random.default_rng(seed).integers(1, 500, n)]
 
 
 @contextmanager
