@@ -8,7 +8,7 @@ import json
 import torch
 
 from prfaas.bench.engine import format_table, run_engine_bench
-from prfaas.cli import bench_serve
+from prfaas.cli import bench_serve, bench_soak
 from prfaas.model.tiny import TINY_NAME, resolve_model
 
 
@@ -42,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--json", action="store_true")
     o.set_defaults(run=run_overlap)
     bench_serve.add_parser(kinds)
+    bench_soak.add_parser(kinds)
 
 
 def run_transfer(args: argparse.Namespace) -> int:

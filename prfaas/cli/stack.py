@@ -168,7 +168,11 @@ class LocalStack:
         self.services.remove(old)
         module, args, cluster = old.command
         outer = int(old.address.rsplit(":", 1)[1])
-        new = self._start(name, module, *args, cluster=cluster, port=outer, inner_port=old.port)
+        try:
+            new = self._start(name, module, *args, cluster=cluster, port=outer, inner_port=old.port)
+        except RuntimeError:  # died while starting: a supervisor tries once more
+            self.services.remove(self.service(name))
+            new = self._start(name, module, *args, cluster=cluster, port=outer, inner_port=old.port)
         wait_healthy(new.address, timeout_s)
         return new
 
@@ -310,11 +314,12 @@ def _join(services: list[Service]) -> str:
 
 
 PR_SET_PDEATHSIG = 1
+_PRCTL = ctypes.CDLL(None).prctl  # looked up here: no dlopen in a child forked from a threaded parent
 
 
 def _die_with_us() -> None:
     """In the child before exec: the kernel sends SIGTERM if the launching thread dies (even by SIGKILL)."""
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _repo_root() -> str:

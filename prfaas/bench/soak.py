@@ -1,0 +1,201 @@
+"""`prfaas bench soak`: open-loop load at a fraction of the planner's capacity on a local mock-engine stack
+while faults are injected on a schedule, then an account of every request and of what the services hold.
+
+Every request ends one of three ways: completed (all its tokens), failed with a gRPC status the client can
+act on, or lost (no answer by the end of the drain, or fewer tokens than asked without an error). Lost must
+be 0. After the drain every worker must be back at its starting free blocks with nothing registered or
+queued: blocks outstanding must be 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from prfaas.bench.load import LoadRequest, RequestRecord, WorkloadSpec, build_requests, run_load
+from prfaas.bench.serve import predicted_rps
+from prfaas.cli.stack import LocalStack, Service, Topology
+from prfaas.v1 import decode_pb2, decode_pb2_grpc, prefill_pb2, prefill_pb2_grpc
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "soak-mock.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """What to do to which service: `kill` (SIGKILL, restarted after the outage) or `hang` (SIGSTOP, then
+    SIGCONT: a service that is there but answers nothing)."""
+
+    action: str
+    service: str
+
+
+# One fault per period, in this order, round robin: every kind of service fails at least once in 7 periods.
+SCHEDULE = (
+    Fault("kill", "prefill-prfaas-0"),
+    Fault("kill", "decode-0"),
+    Fault("kill", "cachepool-prfaas"),
+    Fault("hang", "cachepool-pd"),
+    Fault("kill", "router"),
+    Fault("kill", "prefill-pd-0"),
+    Fault("hang", "decode-1"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SoakSpec:
+    duration_s: float = 600.0
+    load: float = 0.8  # fraction of the planner's predicted capacity for the topology
+    fault_period_s: float = 60.0  # one fault starts every period (the first half a period in)
+    outage_s: float = 5.0  # how long a killed service stays down / a hung one stays stopped
+    output_tokens: int = 16
+    drain_s: float = 60.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.duration_s <= 0 or not 0 < self.load <= 2 or self.fault_period_s <= self.outage_s or self.outage_s <= 0:
+            raise ValueError("need duration_s > 0, 0 < load <= 2 and fault_period_s > outage_s > 0")
+
+
+@dataclass
+class SoakResult:
+    duration_s: float
+    rate_rps: float
+    sent: int
+    completed: int
+    failed: dict[str, int]  # by gRPC status name
+    lost: int
+    faults: list[str]
+    rss_start_mib: dict[str, float]
+    rss_end_mib: dict[str, float]
+    restarted: list[str]
+    blocks_outstanding: dict[str, int]  # starting free blocks - free blocks after the drain, per worker
+    requests_outstanding: dict[str, int] = field(default_factory=dict)  # registered / queued after the drain
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def rss_mib(service: Service) -> float:
+    """Resident memory of the service's process, from /proc (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{service.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def worker_state(stack: LocalStack) -> dict[str, tuple[int, int]]:
+    """(free blocks, requests registered or queued) of every worker."""
+    state = {}
+    for s in stack.services:
+        with grpc.insecure_channel(s.address) as ch:
+            if s.name.startswith("decode"):
+                d = decode_pb2_grpc.DecodeServiceStub(ch).GetDecodeLoad(decode_pb2.GetDecodeLoadRequest(), timeout=10)
+                state[s.name] = (d.free_blocks, d.active)
+            elif s.name.startswith("prefill"):
+                p = prefill_pb2_grpc.PrefillServiceStub(ch).GetLoad(prefill_pb2.GetLoadRequest(), timeout=10)
+                state[s.name] = (p.free_blocks, p.queue_depth)
+    return state
+
+
+def settle(stack: LocalStack, baseline: dict[str, tuple[int, int]], timeout_s: float) -> dict[str, tuple[int, int]]:
+    deadline = time.monotonic() + timeout_s
+    while (state := worker_state(stack)) != baseline and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return state
+
+
+def inject(stack: LocalStack, spec: SoakSpec, log: Callable[[str], None]) -> list[str]:
+    """Run the schedule until `spec.duration_s`; returns what was done, with times. Runs on the thread that
+    started the stack: a restarted service dies with the thread that started it."""
+    done: list[str] = []
+    t0 = time.monotonic()
+    at_s = spec.fault_period_s / 2
+    while at_s < spec.duration_s:
+        time.sleep(max(0.0, t0 + at_s - time.monotonic()))
+        fault = SCHEDULE[len(done) % len(SCHEDULE)]
+        service = stack.service(fault.service)
+        line = f"{time.monotonic() - t0:6.1f}s {fault.action} {fault.service} for {spec.outage_s:g}s"
+        log(line)
+        done.append(line)
+        service.proc.send_signal(signal.SIGKILL if fault.action == "kill" else signal.SIGSTOP)
+        time.sleep(spec.outage_s)
+        if fault.action == "kill":
+            stack.restart(fault.service)
+        else:
+            service.proc.send_signal(signal.SIGCONT)
+        at_s += spec.fault_period_s
+    return done
+
+
+def _load(router: str, requests: Sequence[LoadRequest], spec: SoakSpec, out: list[RequestRecord]) -> None:
+    out.extend(asyncio.run(run_load(router, requests, duration_s=spec.duration_s, drain_s=spec.drain_s)))
+
+
+def account(records: Sequence[RequestRecord], requests: Sequence[LoadRequest]) -> tuple[int, dict[str, int], int]:
+    """(completed, failed by status, lost): a completion short of its tokens counts as lost."""
+    completed = sum(r.ok and r.num_tokens == q.output_tokens for r, q in zip(records, requests, strict=True))
+    failed = Counter(r.error for r in records if r.error not in (None, "unfinished"))
+    return completed, dict(failed), len(records) - completed - sum(failed.values())
+
+
+def run_soak(topology: Topology, spec: SoakSpec, log: Callable[[str], None] = print) -> SoakResult:
+    rate = spec.load * predicted_rps(topology, topology.policy, None, spec.output_tokens)
+    workload = WorkloadSpec(rate_rps=rate, duration_s=spec.duration_s, output_tokens=spec.output_tokens, seed=spec.seed)
+    requests = build_requests(workload)
+    log(f"soak: {len(requests)} requests at {rate:.2f} req/s ({spec.load:.0%} of capacity) for {spec.duration_s:g}s")
+    with LocalStack(topology) as stack:
+        baseline = worker_state(stack)
+        pids = {s.name: s.proc.pid for s in stack.services}
+        rss_start = {s.name: rss_mib(s) for s in stack.services}
+        records: list[RequestRecord] = []
+        load = threading.Thread(target=_load, args=(stack.router, requests, spec, records), daemon=True)
+        load.start()
+        faults = inject(stack, spec, log)
+        load.join()
+        end = settle(stack, baseline, timeout_s=30.0)
+        completed, failed, lost = account(records, requests)
+        return SoakResult(
+            duration_s=spec.duration_s,
+            rate_rps=rate,
+            sent=len(requests),
+            completed=completed,
+            failed=failed,
+            lost=lost,
+            faults=faults,
+            rss_start_mib=rss_start,
+            rss_end_mib={s.name: rss_mib(s) for s in stack.services},
+            restarted=sorted(s.name for s in stack.services if s.proc.pid != pids[s.name]),
+            blocks_outstanding={k: baseline[k][0] - end.get(k, (0, 0))[0] for k in baseline},
+            requests_outstanding={k: end.get(k, (0, 0))[1] for k in baseline},
+        )
+
+
+def format_soak(r: SoakResult) -> str:
+    lines = [
+        f"soak {r.duration_s:g}s at {r.rate_rps:.2f} req/s: sent {r.sent}, completed {r.completed}, "
+        f"failed {sum(r.failed.values())} {r.failed or ''}, lost {r.lost}",
+        f"faults ({len(r.faults)}):",
+        *(f"  {f}" for f in r.faults),
+        f"{'service':<18} {'RSS start MiB':>14} {'RSS end MiB':>12} {'blocks out':>11} {'requests out':>13}",
+    ]
+    for name, start in r.rss_start_mib.items():
+        mark = " (restarted)" if name in r.restarted else ""
+        blocks = r.blocks_outstanding.get(name)
+        reqs = r.requests_outstanding.get(name)
+        lines.append(
+            f"{name:<18} {start:>14.0f} {r.rss_end_mib.get(name, 0.0):>12.0f} "
+            f"{'' if blocks is None else blocks:>11} {'' if reqs is None else reqs:>13}{mark}"
+        )
+    lines.append(f"blocks outstanding at the end: {sum(r.blocks_outstanding.values())}")
+    return "\n".join(lines)
