@@ -174,7 +174,7 @@ def predicted_rps(base: Topology, policy: str, link: LinkSpec | None, output_tok
     elif policy == "naive":
         point = naive_baseline(scenario)
     else:
-        split = split_at(scenario.lengths, base.threshold_tokens)
+        split = split_at(scenario.lengths, base.threshold_tokens * base.token_scale)  # in paper tokens
         point = evaluate(scenario, split, scenario.num_prfaas, base.pd_prefill, base.decode)
     return point.throughput_rps / base.time_scale
 

@@ -38,7 +38,9 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     s.add_argument("--warmup-s", type=float, default=10.0, help="excluded from throughput and latency figures")
     s.add_argument("--drain-s", type=float, default=30.0, help="wait this long for stragglers after the last arrival")
     s.add_argument("--output-tokens", type=int, default=16)
-    s.add_argument("--length-scale", type=float, default=1.0, help="multiply prompt/output lengths")
+    s.add_argument(
+        "--length-scale", type=float, help="multiply prompt/output lengths (default: 1 / the config's token_scale)"
+    )
     s.add_argument("--max-prompt-tokens", type=int, help="clip prompts (e.g. the real model's context)")
     s.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
     s.add_argument("--seed", type=int, default=0)
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             args.rate_rps if args.rate_rps or args.workload == "mooncake" else 1.0,
             args.duration_s,
             args.output_tokens,
-            args.length_scale,
+            args.length_scale or 1.0 / base.token_scale,
             args.max_prompt_tokens,
             args.seed,
             args.trace,

@@ -59,6 +59,7 @@ class Topology:
     time_scale: float = 0.01
     bytes_scale: float = 0.01
     decode_step_scale: float = 1.0  # mock engines: decode steps take this much longer (fewer, longer tokens)
+    token_scale: int = 1  # mock engines: paper tokens per mock token (thresholds and lengths are in mock tokens)
     num_blocks: int = 2048  # KV blocks per engine
     max_seqs: int = 32  # sequences per engine (the decode batch limit)
     max_prefill_tokens: int = 2048  # prefill chunk per engine step
@@ -215,6 +216,8 @@ class LocalStack:
             str(t.bytes_scale),
             "--decode-step-scale",
             str(t.decode_step_scale),
+            "--token-scale",
+            str(t.token_scale),
             "--num-blocks",
             str(t.num_blocks),
             "--max-seqs",

@@ -27,6 +27,7 @@ class EngineSettings:
     time_scale: float = 0.01
     bytes_scale: float = 0.01
     decode_step_scale: float = 1.0  # mock: extra factor on the decode step time (see MockSettings)
+    token_scale: int = 1  # mock: paper tokens per mock token (see MockSettings)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINE_KINDS:
@@ -50,7 +51,9 @@ def build_engine(s: EngineSettings) -> Engine:
         from prfaas.model.mock import MockModel, paper_mock
 
         return Engine(
-            MockModel.from_settings(paper_mock(s.mock_role, s.time_scale, s.bytes_scale, s.decode_step_scale)),
+            MockModel.from_settings(
+                paper_mock(s.mock_role, s.time_scale, s.bytes_scale, s.decode_step_scale, s.token_scale)
+            ),
             s.engine_config(),
         )
     return Engine.from_pretrained(s.model, s.engine_config())

@@ -69,6 +69,10 @@ class MockSettings:
     # tokens than the paper's and stretch each step k x, so a request holds its decode slot as long and the
     # decode capacity in requests/s is the paper's, with k x fewer token messages to stream.
     decode_step_scale: float = 1.0
+    # One mock token stands for this many paper tokens: prefill time and KV bytes per token are the paper's
+    # for `token_scale` x the length, so serving benchmarks send k x shorter prompts (k x less per-token
+    # work in the services) at the same modelled cost.
+    token_scale: int = 1
     vocab_size: int = 512
 
     def __post_init__(self) -> None:
@@ -76,6 +80,8 @@ class MockSettings:
             raise ValueError(f"time_scale must be a finite number >= 0 (e.g. 0.01), got {self.time_scale}")
         if not (self.decode_step_scale > 0 and math.isfinite(self.decode_step_scale)):
             raise ValueError(f"decode_step_scale must be a finite number > 0, got {self.decode_step_scale}")
+        if self.token_scale < 1:
+            raise ValueError(f"token_scale must be an integer >= 1, got {self.token_scale}")
         if not (0 < self.bytes_scale <= 1):
             raise ValueError(f"bytes_scale must be in (0, 1] (e.g. 0.01), got {self.bytes_scale}")
 
@@ -83,20 +89,22 @@ class MockSettings:
     def target_bytes_per_token(self) -> float:
         p = self.profile
         slope = (p.kv_bytes(KV_SLOPE_TOKENS) - p.kv_bytes(0)) / KV_SLOPE_TOKENS
-        return slope * self.bytes_scale
+        return slope * self.bytes_scale * self.token_scale
 
     @property
     def target_fixed_bytes(self) -> float:
         return self.profile.kv_bytes(0) * self.bytes_scale
 
 
-def paper_mock(role: str, time_scale: float, bytes_scale: float, decode_step_scale: float = 1.0) -> MockSettings:
+def paper_mock(
+    role: str, time_scale: float, bytes_scale: float, decode_step_scale: float = 1.0, token_scale: int = 1
+) -> MockSettings:
     """Role "prfaas" = the paper's 8xH200 (prefill only), "pd" = 8xH20. Both share the KV law, hence one
     `mock_config` and one fingerprint: their states are interchangeable."""
     make = PAPER_ROLES.get(role)
     if make is None:
         raise ValueError(f"unknown role {role!r}: use one of {sorted(PAPER_ROLES)}")
-    return MockSettings(make(), time_scale, bytes_scale, decode_step_scale)
+    return MockSettings(make(), time_scale, bytes_scale, decode_step_scale, token_scale)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +199,8 @@ class MockModel:
     def prefill_seconds(self, start_tokens: int, end_tokens: int) -> float:
         """Scaled wall time of a prefill chunk: T(end) - T(start) + T(0)."""
         t = self.settings.profile.prefill_s
-        return max(0.0, t(end_tokens) - t(start_tokens) + t(0)) * self.settings.time_scale
+        k = self.settings.token_scale
+        return max(0.0, t(end_tokens * k) - t(start_tokens * k) + t(0)) * self.settings.time_scale
 
     def decode_seconds(self, batch_size: int) -> float:
         """Scaled wall time of one decode step for `batch_size` sequences."""

@@ -127,6 +127,18 @@ def test_decode_step_scale_stretches_only_decode_steps() -> None:
         paper_mock("pd", TIME_SCALE, 0.01, decode_step_scale=0.0)
 
 
+def test_token_scale_makes_one_mock_token_cost_k_paper_tokens() -> None:
+    paper = paper_mock("prfaas", TIME_SCALE, 0.01)
+    scaled = paper_mock("prfaas", TIME_SCALE, 0.01, token_scale=10)
+    base, model = MockModel.from_settings(paper), MockModel.from_settings(scaled)
+    assert model.prefill_seconds(0, 3000) == pytest.approx(base.prefill_seconds(0, 30_000))
+    assert model.prefill_seconds(1000, 3000) == pytest.approx(base.prefill_seconds(10_000, 30_000))
+    assert scaled.target_bytes_per_token == pytest.approx(10 * paper.target_bytes_per_token)
+    assert scaled.target_fixed_bytes == paper.target_fixed_bytes  # the linear state does not grow with length
+    with pytest.raises(ValueError, match="token_scale must be"):
+        paper_mock("prfaas", TIME_SCALE, 0.01, token_scale=0)
+
+
 def test_prefill_only_profile_refuses_to_decode() -> None:
     with pytest.raises(RuntimeError, match="prefill only"):
         make_engine(make_model("prfaas")).generate([prompt(10, 0)], GREEDY)
