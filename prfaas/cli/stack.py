@@ -18,6 +18,7 @@ import ctypes
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -187,9 +188,20 @@ class LocalStack:
         cmd += ["--metrics-port", "0", *args]
         if site.ns is not None:
             cmd = ["ip", "netns", "exec", site.ns, *cmd]
-        with open(self.log_dir / f"{name}.log", "w") as log:
+        # setpriv sets the parent-death signal after the fork; a Python preexec_fn in a child forked from a
+        # parent with gRPC threads running (a restart under load) can crash before exec.
+        setpriv = shutil.which("setpriv")
+        if setpriv is not None:
+            cmd = [setpriv, "--pdeathsig", "TERM", *cmd]
+        with open(self.log_dir / f"{name}.log", "a") as log:
             proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=_repo_root(), preexec_fn=_die_with_us
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env=env,
+                cwd=_repo_root(),
+                preexec_fn=None if setpriv else _die_with_us,
             )
         service = Service(name, proc, site, command=(module, args, cluster))
         self.services.append(service)

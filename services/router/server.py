@@ -202,12 +202,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
         async def view(addr: str) -> tuple[WorkerView, list[DecodeSample]]:
             stub = self.decode[addr]
-            load, match = await asyncio.gather(
-                stub.GetDecodeLoad(decode_pb2.GetDecodeLoadRequest(), timeout=2.0),
-                stub.MatchPrefix(match_request, timeout=2.0),
-            )
+            matching = asyncio.ensure_future(stub.MatchPrefix(match_request, timeout=2.0))
+            try:
+                load = await stub.GetDecodeLoad(decode_pb2.GetDecodeLoadRequest(), timeout=2.0)
+            except grpc.aio.AioRpcError:
+                matching.cancel()
+                raise
+            # MatchPrefix waits for the engine's current step (a long decode step under load): a worker
+            # that answers GetDecodeLoad is alive, it only counts as holding no prefix.
+            try:
+                cached = int((await matching).cached_tokens)
+            except grpc.aio.AioRpcError:
+                cached = 0
             samples = [DecodeSample(x.batch, x.seconds) for x in load.samples]
-            return WorkerView(addr, load.active, match.cached_tokens), samples
+            return WorkerView(addr, load.active, cached), samples
 
         members = list(self.roles.members(DECODE))
         candidates = self.health.up(members) or members  # all marked down: try them all rather than fail
