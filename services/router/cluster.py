@@ -74,7 +74,9 @@ class Cluster:
         if self.pool is None or other.pool is None or not hashes:
             return 0
         try:
-            got = self.pool.GetBlocks(cachepool_pb2.GetBlocksRequest(tenant_id=tenant, block_hashes=hashes))
+            got = self.pool.GetBlocks(
+                cachepool_pb2.GetBlocksRequest(tenant_id=tenant, block_hashes=hashes), timeout=30.0
+            )
             blocks = [r.block async for r in got]
             puts = (cachepool_pb2.PutBlocksRequest(tenant_id=tenant, block=b) for b in blocks)
             return int((await other.pool.PutBlocks(puts, timeout=30.0)).stored_bytes)
