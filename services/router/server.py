@@ -19,7 +19,7 @@ from prfaas.model.config import ModelConfig
 from prfaas.model.tiny import resolve_model
 from prfaas.model.tokenizer import Tokenizer, load_tokenizer
 from prfaas.sched.fit import DecodeSample
-from prfaas.sched.policy import Decision, RequestView, Split
+from prfaas.sched.policy import RequestView, Split
 from prfaas.sched.routing import LOCAL, PRFAAS, WorkerView, pick_worker
 from prfaas.service.auth import BearerTokenInterceptor
 from prfaas.service.convert import check_request_id, check_tenant, sampling_from_pb, tenant_salt
@@ -39,6 +39,7 @@ from prfaas.v1 import (
 from services.router.cluster import Cluster, PrefillView
 from services.router.control import RouterControl
 from services.router.health import Health
+from services.router.report import Routed, breakdown, observe_prefill, route_info
 from services.router.retry import PREFILL as PREFILL_STAGE
 from services.router.retry import AttemptFailed, attempt_id, race, resumed, should_retry
 from services.router.roles import DECODE, PREFILL, RoleTable
@@ -53,16 +54,6 @@ class BadRequest(ValueError):
 
 def _status(code: grpc.StatusCode, message: str) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), message)
-
-
-@dataclass(frozen=True, slots=True)
-class Routed:
-    """Where one request goes: the policy's decision, the decode worker and the prefill worker."""
-
-    decision: Decision
-    decoder: str
-    prefill: str
-    prompt_tokens: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,9 +334,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     self.control.prefilled(decision.route, done.kv_bytes, done.transfer_s, done.tail_s, done.prefill_s)
                     first_at = time.perf_counter()
                     if fresh:
-                        route = self._route_info(routed, done, first_at - arrival)
-                        _breakdown(route, done, arrival, marks["sent"], marks.get("prefilled", first_at), first_at)
-                        _observe_prefill(decision.route, decision.reason, route, done)
+                        route = route_info(routed, done, first_at - arrival)
+                        breakdown(route, done, arrival, marks["sent"], marks.get("prefilled", first_at), first_at)
+                        observe_prefill(decision.route, decision.reason, route, done)
                 text = self._delta(ids, list(resp.token_ids))
                 yield router_pb2.GenerateResponse(
                     token_ids=resp.token_ids, text=text, finish_reason=resp.finish_reason, route=route
@@ -379,46 +370,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         ids.extend(new)
         return self.tokenizer.decode(ids)[len(before) :]
 
-    def _route_info(self, r: Routed, done: prefill_pb2.PrefillResponse, ttft_s: float) -> router_pb2.RouteInfo:
-        d = r.decision
-        return router_pb2.RouteInfo(
-            route=common_pb2.ROUTE_PRFAAS if d.route == PRFAAS else common_pb2.ROUTE_LOCAL,
-            reason=d.reason,
-            cached_tokens=max(done.cached_tokens, done.receiver_cached_tokens),
-            kv_bytes=done.kv_bytes,
-            ttft_s=ttft_s,
-            prompt_tokens=r.prompt_tokens,
-            prefill_worker=r.prefill,
-            decode_worker=r.decoder,
-        )
-
-
-def _breakdown(
-    info: router_pb2.RouteInfo,
-    done: prefill_pb2.PrefillResponse,
-    arrival: float,
-    sent: float,
-    prefilled: float,
-    first: float,
-) -> None:
-    """Split TTFT into routing, prefill queueing, compute, the transfer tail and decode admission."""
-    info.route_s = sent - arrival
-    info.queue_s, info.prefill_s = done.queue_s, done.prefill_s
-    info.transfer_tail_s = max(0.0, prefilled - sent - done.queue_s - done.prefill_s)
-    info.decode_admit_s = max(0.0, first - prefilled)
-
 
 def _retry_after_ms(exc: grpc.aio.AioRpcError, default_ms: int) -> int:
     hint = dict(exc.trailing_metadata() or ()).get(RETRY_AFTER_KEY)
     return int(hint) if isinstance(hint, str) and hint.isdigit() else default_ms
-
-
-def _observe_prefill(route: str, reason: str, info: router_pb2.RouteInfo, done: prefill_pb2.PrefillResponse) -> None:
-    metrics.count_request(route, reason)
-    metrics.TTFT_SECONDS.labels(route).observe(info.ttft_s)
-    metrics.KV_TRANSFER_BYTES.labels(route).observe(done.kv_bytes)
-    metrics.KV_TRANSFER_SECONDS.labels(route).observe(done.transfer_s)
-    metrics.CACHE_HIT_TOKENS.labels(route).inc(info.cached_tokens)
 
 
 async def build_server(settings: RouterSettings) -> tuple[RunningServer, Callable[[], Awaitable[None]]]:
