@@ -270,14 +270,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         for attempt in range(self.settings.max_attempts):
             current, left = resumed(prompt.token_ids, ids, sampling)
             step = replace(prompt, request_id=attempt_id(prompt.request_id, attempt), token_ids=current)
+            finished = False
             try:
                 async for msg in self._attempt(step, left, deadline - time.monotonic(), arrival, ids, attempt):
+                    finished = msg.finish_reason != common_pb2.FINISH_REASON_UNSPECIFIED
                     yield msg
                 return
             except AttemptFailed as exc:
                 failure = exc.failure
                 if failure.worker_down:
                     self.health.mark_down(failure.address, failure.describe())
+                if finished:  # the worker failed after the last token: the client has everything
+                    return
                 if not should_retry(failure, attempt, self.settings.max_attempts, deadline - time.monotonic()):
                     raise exc.error from exc  # the worker's own status and trailers (a retry-after hint)
                 metrics.REQUEST_RETRIES.labels(failure.stage).inc()
