@@ -228,11 +228,16 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
         return decode_pb2.TransferKvResponse(credit_bytes=len(data))
 
     def _drop_import(self, rid: str) -> None:
-        """Free the blocks of a state that will not be completed (one already committed decodes on)."""
+        """Free the blocks of a state that will not be completed (one already committed decodes on); a state
+        cut off half way counts as KV expected but not received."""
+        span = trace.get_current_span()
 
         async def drop() -> None:
             with contextlib.suppress(EngineStopped):
-                await self.engine.call(lambda e: rid in e.importing and e.abort(rid))
+                if await self.engine.call(lambda e: rid in e.importing and e.abort(rid)):
+                    metrics.KV_TRANSFERS_MISSING.inc()
+                    if span.is_recording():
+                        span.add_event("kv.missing", {"error": "the sender went away mid-transfer"})
 
         task = asyncio.ensure_future(drop())
         self._background.add(task)
