@@ -59,14 +59,32 @@ class Health:
         await asyncio.gather(*(self._probe(a) for a in list(self.down)))
 
     async def _probe(self, address: str) -> None:
+        if await self.check(address, self.interval_s):
+            self.mark_up(address)
+
+    async def check(self, address: str, timeout_s: float) -> bool:
+        """One `grpc.health.v1` check: True when `address` answers SERVING within `timeout_s`."""
         if address not in self._stubs:
             self._stubs[address] = health_pb2_grpc.HealthStub(channel(address, self.tls))
         try:
-            resp = await self._stubs[address].Check(health_pb2.HealthCheckRequest(), timeout=self.interval_s)
+            resp = await self._stubs[address].Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
         except grpc.aio.AioRpcError:
-            return
-        if resp.status == health_pb2.HealthCheckResponse.SERVING:
-            self.mark_up(address)
+            return False
+        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def unresponsive(self, address: str, timeout_s: float) -> None:
+        """Return once `address` has answered no health check for `timeout_s`; never while it answers.
+
+        Liveness, not speed: a worker that is slow because it is busy (a long queue, a long prefill) still
+        answers health checks and keeps its work; one that is dead, hung or cut off does not, and the
+        caller abandons what it waits for on it after `timeout_s`."""
+        last_ok = self.clock()
+        while True:
+            if await self.check(address, timeout_s):
+                last_ok = self.clock()
+            elif self.clock() - last_ok >= timeout_s:
+                return
+            await asyncio.sleep(self.interval_s)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())

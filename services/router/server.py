@@ -313,19 +313,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             timeout=timeout,
         )
         marks = {"sent": time.perf_counter()}
-        prefill = asyncio.ensure_future(
-            cluster.prefill[prefill_addr].Prefill(
-                prefill_pb2.PrefillRequest(
-                    request_id=prompt.request_id,
-                    tenant_id=prompt.tenant_id,
-                    token_ids=prompt.token_ids,
-                    sampling=sampling,
-                    decode_address=decoder,
-                    epoch=epoch,
-                ),
-                timeout=min(timeout, self.settings.prefill_timeout_s),
-            )
+        call = cluster.prefill[prefill_addr].Prefill(
+            prefill_pb2.PrefillRequest(
+                request_id=prompt.request_id,
+                tenant_id=prompt.tenant_id,
+                token_ids=prompt.token_ids,
+                sampling=sampling,
+                decode_address=decoder,
+                epoch=epoch,
+            ),
+            timeout=timeout,
         )
+        prefill = asyncio.ensure_future(self._while_alive(call, prefill_addr))
         prefill.add_done_callback(lambda _: marks.setdefault("prefilled", time.perf_counter()))
         try:
             fresh = not ids  # the client has no token yet: this attempt sends the route info
@@ -356,6 +355,23 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 self.control.prefilled(decision.route, 0, 0.0)
             decode_call.cancel()
             prefill.cancel()
+
+    async def _while_alive(
+        self, call: Awaitable[prefill_pb2.PrefillResponse], address: str
+    ) -> prefill_pb2.PrefillResponse:
+        """The prefill's answer, or UNAVAILABLE once its worker has answered no health check for
+        `liveness_timeout_s` (dead, hung, or cut off by the link): a busy worker keeps the request."""
+        answer = asyncio.ensure_future(call)
+        gone = asyncio.ensure_future(self.health.unresponsive(address, self.settings.liveness_timeout_s))
+        try:
+            await asyncio.wait([answer, gone], return_when=asyncio.FIRST_COMPLETED)
+            if answer.done():
+                return answer.result()
+            limit_s = self.settings.liveness_timeout_s
+            raise _status(grpc.StatusCode.UNAVAILABLE, f"prefill worker answered no health check for {limit_s:g}s")
+        finally:
+            answer.cancel()
+            gone.cancel()
 
     @staticmethod
     async def _prefilled(

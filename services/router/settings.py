@@ -32,7 +32,7 @@ class RouterSettings:
     max_model_len: int = 0  # prompt + output limit checked here; 0 = the model config's
     request_timeout_s: float = 300.0
     max_attempts: int = 3  # tries per request: a failed prefill or decode worker is retried elsewhere (retry.py)
-    prefill_timeout_s: float = 60.0  # an attempt's prefill (with its KV transfer) that takes longer is retried
+    liveness_timeout_s: float = 10.0  # an attempt whose prefill worker answers no health check this long is retried
     health_interval_s: float = 1.0  # a backend marked down gets a health check this often until it answers
     metrics_port: int | None = None  # serve Prometheus /metrics here (0 = any free port)
     policy: str = "prfaas"  # prfaas, prfaas-static-t, prfaas-no-cache, prfaas-no-short, homogeneous, naive
@@ -56,8 +56,8 @@ class RouterSettings:
             raise ValueError("at least one decode worker is required (--decode host:port or --pd-workers)")
         if not (split_addresses(self.pd_prefill) or split_addresses(self.prfaas_prefill) or self.pd_prefill_workers):
             raise ValueError("at least one prefill worker is required (--pd-prefill or --prfaas-prefill)")
-        if self.max_attempts < 1 or self.prefill_timeout_s <= 0 or self.health_interval_s <= 0:
-            raise ValueError("max_attempts must be >= 1, prefill_timeout_s and health_interval_s positive")
+        if self.max_attempts < 1 or self.liveness_timeout_s <= 0 or self.health_interval_s <= 0:
+            raise ValueError("max_attempts must be >= 1, liveness_timeout_s and health_interval_s positive")
         if self.threshold_tokens < 0:
             raise ValueError("threshold_tokens must be >= 0")
         from prfaas.sched.policy import POLICIES

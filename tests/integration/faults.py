@@ -34,7 +34,7 @@ TOPOLOGY = Topology(
 )
 ENV = {
     "PRFAAS_HEALTH_INTERVAL_S": "0.5",  # router: re-probe a backend marked down twice a second
-    "PRFAAS_PREFILL_TIMEOUT_S": "8",  # router: an attempt's prefill + transfer that takes longer is retried
+    "PRFAAS_LIVENESS_TIMEOUT_S": "3",  # router: a prefill worker silent to health checks this long is given up
     "PRFAAS_TRANSFER_TIMEOUT_S": "8",  # prefill workers: the deadline of a whole KV transfer
     "PRFAAS_KV_LEASE_S": "5",  # decode workers: drop a registration whose state shows no progress this long
 }
