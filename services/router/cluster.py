@@ -69,6 +69,11 @@ class Cluster:
 
         return await gather_ok([probe(a) for a in self.health.up(list(self.members()))])
 
+    def unprobed(self) -> list[PrefillView]:
+        """The workers not marked down, load unknown: what to route to when no load probe came back in time
+        (an overloaded worker answers slowly but still serves; the attempt's liveness check catches a dead one)."""
+        return [PrefillView(WorkerView(a, 0), ()) for a in self.health.up(list(self.members()))]
+
     async def copy_prefix_to(self, other: Cluster, tenant: str, hashes: list[bytes]) -> int:
         """Cross-cluster prefix transfer (§3.4.3): blocks this pool holds, put into the other's pool."""
         if self.pool is None or other.pool is None or not hashes:

@@ -62,10 +62,12 @@ class AttemptFailed(Exception):
 def should_retry(failure: Failure, attempt: int, max_attempts: int, remaining_s: float) -> bool:
     """Retry rule: a request is started again (prefill and decode, on the workers the routing policy picks
     among the healthy ones) when its attempt failed with a retryable status (UNAVAILABLE, DEADLINE_EXCEEDED
-    of the attempt, ABORTED, CANCELLED), fewer than `max_attempts` attempts were made and the request's own
-    deadline leaves time. Anything else (bad input, overload with its retry-after hint) is the client's to
-    see as is."""
-    return failure.code in RETRYABLE and attempt + 1 < max_attempts and remaining_s > 0.05
+    of the attempt, ABORTED, CANCELLED, or a transfer the decode worker held no registration for because
+    it restarted), fewer than `max_attempts` attempts were made and the request's own deadline leaves
+    time. Anything else (bad input, overload with its retry-after hint) is the client's to see as is."""
+    lost_registration = failure.code == grpc.StatusCode.NOT_FOUND and failure.details.startswith(TRANSFER_FAILED)
+    retryable = failure.code in RETRYABLE or lost_registration  # a decode worker restarted under the attempt
+    return retryable and attempt + 1 < max_attempts and remaining_s > 0.05
 
 
 def attempt_id(request_id: str, attempt: int) -> str:

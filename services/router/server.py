@@ -152,6 +152,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         decoder = pick_worker(decoders, cache_affine=True)
         decision = self.control.decide(RequestView(n, cached_pd, cached_prfaas), prfaas_available=bool(prfaas_views))
         views = {PRFAAS: prfaas_views, LOCAL: pd_views}
+        if not prfaas_views and not pd_views:  # no load probe came back in time: busy is not dead
+            views = {c: self.clusters[c].unprobed() for c in views}
         if not views[decision.route]:  # e.g. naive with PrfaaS down, or no local prefill worker
             other = LOCAL if decision.route == PRFAAS else PRFAAS
             if not views[other]:
