@@ -4,6 +4,7 @@ layer while later layers compute, to the decode worker the router chose."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -11,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from prfaas.engine.async_engine import AsyncEngine
+from prfaas.engine.async_engine import AsyncEngine, EngineStopped
 from prfaas.engine.engine import Engine, ExportRequest, InvalidRequest, PoolBlock
 from prfaas.engine.factory import build_engine
 from prfaas.engine.sampling import SamplingParams
@@ -44,6 +45,7 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
         self._queued_tokens = 0
         self._active = 0
         self._publishing: set[asyncio.Task[None]] = set()
+        self._aborting: set[asyncio.Future[bool]] = set()
         self.samples: deque[prefill_pb2.PrefillSample] = deque(maxlen=128)
         self.tls = service_tls(settings)
         self._data_ssl = self.tls.client_ssl_context() if self.tls else None  # data plane: same CA and identity
@@ -111,6 +113,20 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
         if self.settings.kv_transport != "tcp":
             return None
         return DataPlaneTarget(data_host(decode_address), self._data_ssl)
+
+    def _abandon(self, rid: str) -> None:
+        """Stop computing a request whose transfer failed or was cancelled: one admitted before its first
+        token was awaited would otherwise run to the end for nobody, holding blocks and the engine."""
+        self.engine.close_stream(rid)
+
+        async def abort_it() -> bool:
+            with contextlib.suppress(EngineStopped):
+                return await self.engine.call(lambda e: e.abort(rid))
+            return False
+
+        task = asyncio.ensure_future(abort_it())
+        self._aborting.add(task)
+        task.add_done_callback(self._aborting.discard)
 
     async def close(self) -> None:
         if self._publishing:
@@ -209,6 +225,9 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
                     self.settings.transfer_streams,
                     self._data_plane(request.decode_address),
                 )
+            except BaseException:
+                self._abandon(rid)
+                raise
             finally:
                 if prefill_span.is_recording():
                     prefill_span.end()
