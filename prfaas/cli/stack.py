@@ -292,7 +292,7 @@ class LocalStack:
             port=t.router_port,
         )
         for s in self.services:
-            wait_healthy(s.address, 60.0)
+            wait_healthy(s.address, 180.0)  # 15 processes importing torch on 2 busy cores take a while
 
     def top_command(self) -> str:
         """A `prfaas top` invocation watching this stack."""
