@@ -44,6 +44,7 @@ class Pending:
     kv_bytes: int = 0
     renewed_s: float = field(default_factory=time.monotonic)  # last sign of life of its transfer (see `_expired`)
     committed: bool = False  # the whole state arrived: it decodes, no lease any more
+    streams: int = 0  # transfer streams open for it: the sender is alive, the lease does not run
     lost: str | None = None  # why its state will never arrive (the lease expired)
 
 
@@ -67,12 +68,14 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
                 await self._reaper
 
     def _expired(self, now_s: float) -> list[Pending]:
-        """KV lease rule: a registered request whose state is not complete holds a lease of `kv_lease_s`,
-        renewed by every sign of its transfer (registration, open, manifest, each chunk applied). A lease that
-        runs out means the sender (or the router behind it) is gone or cut off: the request's blocks and slot
-        are freed and its Decode stream ends with ABORTED, so neither memory nor a caller waits forever."""
+        """KV lease rule: a registered request whose state is not complete holds a lease of `kv_lease_s`.
+        It does not run while a transfer stream for the request is open (the sender is alive, perhaps queued
+        behind other prefills; a dead sender breaks the stream, a cut-off one hits its transfer deadline) and
+        is renewed by every sign of the transfer (registration, open, manifest, each chunk, a stream's end).
+        A lease that runs out means no sender came or it is gone: the request's blocks and slot are freed and
+        its Decode stream ends with ABORTED, so neither memory nor a caller waits forever."""
         lease_s = self.settings.kv_lease_s
-        live = [p for p in self.pending.values() if not p.committed and p.lost is None]
+        live = [p for p in self.pending.values() if not p.committed and p.lost is None and not p.streams]
         return [p for p in live if now_s - p.renewed_s > lease_s]
 
     async def _reap_leases(self) -> None:
@@ -155,10 +158,12 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
             await abort(context, grpc.StatusCode.NOT_FOUND, f"no Decode registration for {opened.request_id!r}")
         rid, req = opened.request_id, pending.request
         pending.renewed_s = time.monotonic()
+        pending.streams += 1
         salt = tenant_salt(req.tenant_id)
-        start = await self.engine.call(lambda e: e.match_transfer_prefix(list(req.token_ids), salt).num_tokens)
-        offer = self.data.offer() if self.data is not None and opened.data_plane else None
+        offer = None
         try:
+            start = await self.engine.call(lambda e: e.match_transfer_prefix(list(req.token_ids), salt).num_tokens)
+            offer = self.data.offer() if self.data is not None and opened.data_plane else None
             yield decode_pb2.TransferKvResponse(
                 accept=decode_pb2.TransferAccept(
                     start_tokens=start,
@@ -185,6 +190,8 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
             self._drop_import(rid)  # the sender went away mid-transfer
             raise
         finally:
+            pending.streams -= 1
+            pending.renewed_s = time.monotonic()
             if offer is not None and self.data is not None:
                 self.data.withdraw(offer)
 
