@@ -109,8 +109,17 @@ def worker_state(stack: LocalStack) -> dict[str, tuple[int, int]]:
 
 
 def settle(stack: LocalStack, baseline: dict[str, tuple[int, int]], timeout_s: float) -> dict[str, tuple[int, int]]:
+    """The workers' state once it is back at `baseline`, or as it is after `timeout_s` (a worker that does not
+    answer is left out, so it shows as holding everything)."""
     deadline = time.monotonic() + timeout_s
-    while (state := worker_state(stack)) != baseline and time.monotonic() < deadline:
+    state: dict[str, tuple[int, int]] = {}
+    while time.monotonic() < deadline:
+        try:
+            state = worker_state(stack)
+        except grpc.RpcError:
+            state = {}
+        if state == baseline:
+            break
         time.sleep(0.5)
     return state
 
@@ -163,7 +172,7 @@ def run_soak(topology: Topology, spec: SoakSpec, log: Callable[[str], None] = pr
         load.start()
         faults = inject(stack, spec, log)
         load.join()
-        end = settle(stack, baseline, timeout_s=30.0)
+        end = settle(stack, baseline, timeout_s=120.0)
         completed, failed, lost = account(records, requests)
         return SoakResult(
             duration_s=spec.duration_s,
