@@ -29,6 +29,9 @@ EXPECTED = {
     "prfaas_errors": ("counter", ("service", "code")),
     "prfaas_kv_transfers_missing": ("counter", ()),
     "prfaas_kv_transfer_stall_seconds": ("counter", ()),
+    "prfaas_backend_up": ("gauge", ("address",)),
+    "prfaas_link_capacity_gbps": ("gauge", ()),
+    "prfaas_request_retries": ("counter", ("failed",)),
 }
 OBJECTS = {
     "prfaas_ttft_seconds": metrics.TTFT_SECONDS,
@@ -47,6 +50,9 @@ OBJECTS = {
     "prfaas_errors": metrics.ERRORS,
     "prfaas_kv_transfers_missing": metrics.KV_TRANSFERS_MISSING,
     "prfaas_kv_transfer_stall_seconds": metrics.KV_TRANSFER_STALL_SECONDS,
+    "prfaas_backend_up": metrics.BACKEND_UP,
+    "prfaas_link_capacity_gbps": metrics.LINK_CAPACITY,
+    "prfaas_request_retries": metrics.REQUEST_RETRIES,
 }
 
 
