@@ -53,6 +53,9 @@ class RouterControl:
             prfaas_queue_depth=self.in_flight[PRFAAS],
             prfaas_queue_limit=self.settings.prfaas_queue_limit * max(n_prfaas, 1),
             pd_queue_depth=self.in_flight["local"],
+            # The local side's queue is bounded like PrfaaS's: without it, PrfaaS overload always looked like
+            # PD headroom, and under overload every request went local and saturated PD prefill.
+            pd_queue_limit=self.settings.prfaas_queue_limit * max(n_prefill, 1),
             n_prefill=n_prefill,
             n_decode=n_decode,
         )
