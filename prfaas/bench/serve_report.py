@@ -181,6 +181,8 @@ def _labels(axes: Any) -> None:
     axes[0][1].set(xlabel="TPOT (s)", ylabel="CDF", title="time per output token")
     axes[1][0].set(xlabel="time (s)", ylabel="link bit/s / shaped rate", title="PrfaaS -> PD link utilisation")
     axes[1][1].set(xlabel="time (s)", ylabel="t (tokens)", title="routing threshold t and throughput")
-    for ax in (axes[0][0], axes[0][1], axes[1][0]):
-        ax.legend(loc="lower right")
-    axes[1][1].legend(loc="upper left")
+    for ax, where in ((axes[0][0], "lower right"), (axes[0][1], "lower right"), (axes[1][0], "lower right")):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc=where)
+    if axes[1][1].get_legend_handles_labels()[0]:
+        axes[1][1].legend(loc="upper left")

@@ -210,7 +210,8 @@ class LocalStack:
         if site.ns is not None:
             service.forwards.append(PortForward(site.ns, site.host, service.port, port))
             if service.metrics_port is not None:
-                service.forwards.append(PortForward(site.ns, site.host, service.metrics_port))
+                metrics = PortForward(site.ns, "127.0.0.1", service.metrics_port)  # /metrics listens on loopback
+                service.forwards.append(metrics)
         return service
 
     def _engine_args(self) -> list[str]:

@@ -74,3 +74,4 @@ def test_bench_serve_compares_policies_across_the_emulated_link(tmp_path: Path) 
         assert isinstance(s["link_bytes"], int) and s["link_bytes"] >= s["kv_bytes_prfaas"]  # KV crossed the link
     samples = json.loads((tmp_path / "out" / "records.json").read_text())["naive"]["samples"]
     assert {s["link_rate_bps"] for s in samples} == {2e8, 1e8}  # the link event applied mid-run
+    assert any(s["threshold_tokens"] for s in samples)  # the router's t, read through its forwarded /metrics
