@@ -165,7 +165,7 @@ async def test_a_dropped_data_connection_fails_the_transfer_and_frees_its_blocks
         async with registered(worker, ids) as (chan, _):
             with pytest.raises(TransferError, match="data connection"):
                 await send(chan, ids, TCP, num_streams)
-            assert sent == 4
+            assert 4 <= sent <= 4 + num_streams - 1  # other streams may have one send under way when it breaks
             # still registered with Decode, yet nothing half-imported holds blocks
             assert "r" in _servicer(worker).pending
             assert await _settled(worker, baseline) == baseline
