@@ -9,11 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from prfaas.netem import parse_link_spec
-from prfaas.netem.link import EmulatedLink, LinkUnavailable
-
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {
     "engine": "mock",
@@ -60,12 +55,7 @@ def test_bench_serve_runs_a_workload_and_reports_it(tmp_path: Path) -> None:
         assert sum(parts.values()) <= r["first_token_s"] - r["at_s"] + 0.01
 
 
-def test_bench_serve_compares_policies_across_the_emulated_link(tmp_path: Path) -> None:
-    try:
-        with EmulatedLink(parse_link_spec("rate=10mbit")):
-            pass
-    except LinkUnavailable as exc:
-        pytest.skip(f"cannot emulate the link on this machine: {exc}")
+def test_bench_serve_compares_policies_across_the_emulated_link(tmp_path: Path, linkable: None) -> None:
     link = ["--emulate-link", "rate=200mbit,delay=2ms", "--link-event", "3:rate=100mbit"]
     prfaas, naive = _serve(tmp_path, *link, "--compare", "prfaas,naive")
     assert (prfaas["policy"], naive["policy"]) == ("prfaas", "naive")

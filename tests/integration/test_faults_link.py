@@ -14,19 +14,13 @@ import pytest
 
 from prfaas.cli.stack import LocalStack
 from prfaas.netem import parse_link_spec
-from prfaas.netem.link import EmulatedLink, LinkUnavailable
 from tests.integration.faults import ENV, LONG, TOPOLOGY, busy_prefill, fault_stack, prompt, run, settled, worker_state
 
 LINK = parse_link_spec("rate=1gbit,delay=1ms")
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
-    try:
-        with EmulatedLink(parse_link_spec("rate=10mbit")):
-            pass
-    except LinkUnavailable as exc:
-        pytest.skip(f"cannot emulate the link on this machine: {exc}")
+def stack(linkable: None) -> Iterator[LocalStack]:
     with fault_stack(dataclasses.replace(TOPOLOGY, prfaas_prefill=1), link=LINK) as s:
         yield s
 

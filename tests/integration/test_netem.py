@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from prfaas.netem import LinkSpec, parse_link_spec
-from prfaas.netem.link import EmulatedLink, LinkUnavailable, list_namespaces, run_in, state_path
+from prfaas.netem.link import EmulatedLink, list_namespaces, run_in, state_path
 from prfaas.netem.shaper import DELAYLINE, NETEM
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,16 +111,6 @@ link = EmulatedLink(LinkSpec("10mbit", "1ms")).__enter__()
 print(link.dc1, link.dc2, flush=True)
 time.sleep(60)
 """
-
-
-@pytest.fixture(scope="module")
-def linkable() -> None:
-    """Skips the module where namespaces cannot be created (not root, no `ip netns`): the only skip here."""
-    try:
-        with EmulatedLink(parse_link_spec("rate=10mbit")):
-            pass
-    except LinkUnavailable as exc:
-        pytest.skip(f"cannot emulate the link on this machine: {exc}")
 
 
 @pytest.fixture

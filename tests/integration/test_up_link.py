@@ -15,22 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from prfaas.netem import parse_link_spec
-from prfaas.netem.link import EmulatedLink, LinkUnavailable, list_namespaces
+from prfaas.netem.link import list_namespaces
 from prfaas.netem.shaper import run_command
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 LONG = "a much longer prompt that certainly exceeds the threshold of 32 tokens, and then some more text"
-
-
-@pytest.fixture(scope="module")
-def linkable() -> None:
-    try:
-        with EmulatedLink(parse_link_spec("rate=10mbit")):
-            pass
-    except LinkUnavailable as exc:
-        pytest.skip(f"cannot emulate the link on this machine: {exc}")
 
 
 @pytest.fixture
