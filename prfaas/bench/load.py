@@ -24,6 +24,7 @@ import grpc
 import numpy as np
 
 from prfaas.client import AsyncClient, Sampling
+from prfaas.client.codec import new_request_id
 from prfaas.client.errors import PrfaasError
 from prfaas.sched.scenario import paper_workload
 from prfaas.sched.trace import load_mooncake_trace
@@ -150,7 +151,9 @@ class RequestRecord:
     cached_tokens: int = 0
     kv_bytes: int = 0
     error: str | None = None  # gRPC status name, or "unfinished" when the run ended first
+    failed_s: float | None = None  # when the error came
     breakdown_s: dict[str, float] | None = None  # the router's TTFT split (RouteInfo route_s ... decode_admit_s)
+    request_id: str = ""  # what the request was sent as (the services log it)
 
     @property
     def ok(self) -> bool:
@@ -175,13 +178,17 @@ async def run_load(
     drain_s: float = 30.0,
     progress: Callable[[int, int, float], None] | None = None,
     timeout_s: float = 600.0,
+    retries: int = 0,
+    backoff_s: float = 0.1,
 ) -> list[RequestRecord]:
     """Send `requests` open loop; wait up to `drain_s` after `duration_s` for stragglers, then cancel them.
 
-    Rejections are not retried (the client gets RESOURCE_EXHAUSTED as a user without retries would), so
-    overload shows up as errors and latency rather than as a slower arrival process."""
-    records = [RequestRecord(r.at_s, len(r.token_ids)) for r in requests]
-    async with AsyncClient(router, timeout_s=timeout_s, retries=0) as client:
+    By default rejections are not retried (the client gets RESOURCE_EXHAUSTED as a user without retries
+    would), so overload shows up as errors and latency rather than as a slower arrival process; `retries`
+    and `backoff_s` give the SDK's retry policy instead (UNAVAILABLE and RESOURCE_EXHAUSTED before the first
+    token, jittered exponential backoff)."""
+    records = [RequestRecord(r.at_s, len(r.token_ids), request_id=new_request_id()) for r in requests]
+    async with AsyncClient(router, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s) as client:
         t0 = time.perf_counter()
         clock = lambda: time.perf_counter() - t0  # noqa: E731
         tasks = [asyncio.create_task(_one(client, r, rec, clock)) for r, rec in zip(requests, records, strict=True)]
@@ -205,7 +212,7 @@ async def _one(client: AsyncClient, req: LoadRequest, rec: RequestRecord, clock:
     await asyncio.sleep(max(0.0, req.at_s - clock()))
     sampling = Sampling(max_new_tokens=req.output_tokens, ignore_eos=True)
     try:
-        async for chunk in client.stream(list(req.token_ids), sampling):
+        async for chunk in client.stream(list(req.token_ids), sampling, request_id=rec.request_id):
             now = clock()
             if chunk.route is not None:
                 rec.route, rec.cached_tokens = chunk.route.route, chunk.route.cached_tokens
@@ -216,9 +223,9 @@ async def _one(client: AsyncClient, req: LoadRequest, rec: RequestRecord, clock:
             rec.num_tokens += len(chunk.token_ids)
         rec.done_s = clock()
     except PrfaasError as exc:
-        rec.error = exc.code.name
+        rec.error, rec.failed_s = exc.code.name, clock()
     except grpc.RpcError as exc:
-        rec.error = exc.code().name
+        rec.error, rec.failed_s = exc.code().name, clock()
 
 
 async def _tick(

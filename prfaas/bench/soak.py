@@ -58,10 +58,14 @@ class SoakSpec:
     output_tokens: int = 16
     drain_s: float = 60.0
     seed: int = 0
+    client_retries: int = 8  # the SDK's retries (UNAVAILABLE, RESOURCE_EXHAUSTED before the first token)
+    client_backoff_s: float = 0.25  # first retry's backoff; doubling, capped at 10 s: ~18-36 s in all
 
     def __post_init__(self) -> None:
         if self.duration_s <= 0 or not 0 < self.load <= 2 or self.fault_period_s <= self.outage_s or self.outage_s <= 0:
             raise ValueError("need duration_s > 0, 0 < load <= 2 and fault_period_s > outage_s > 0")
+        if self.client_retries < 0 or self.client_backoff_s < 0:
+            raise ValueError("client_retries and client_backoff_s must be >= 0")
 
 
 @dataclass
@@ -73,11 +77,14 @@ class SoakResult:
     failed: dict[str, int]  # by gRPC status name
     lost: int
     faults: list[str]
+    failed_after: dict[str, int]  # failed or lost requests by the last fault injected before they ended
     rss_start_mib: dict[str, float]
     rss_end_mib: dict[str, float]
     restarted: list[str]
     blocks_outstanding: dict[str, int]  # starting free blocks - free blocks after the drain, per worker
     requests_outstanding: dict[str, int] = field(default_factory=dict)  # registered / queued after the drain
+    lost_requests: list[str] = field(default_factory=list)  # "<request id> <tokens received>/<asked>"
+    log_dir: str = ""  # the services' logs (grep them for a lost request's id)
 
     def as_dict(self) -> dict[str, object]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -124,19 +131,19 @@ def settle(stack: LocalStack, baseline: dict[str, tuple[int, int]], timeout_s: f
     return state
 
 
-def inject(stack: LocalStack, spec: SoakSpec, log: Callable[[str], None]) -> list[str]:
-    """Run the schedule until `spec.duration_s`; returns what was done, with times. Runs on the thread that
-    started the stack: a restarted service dies with the thread that started it."""
-    done: list[str] = []
-    t0 = time.monotonic()
+def inject(stack: LocalStack, spec: SoakSpec, log: Callable[[str], None], t0: float) -> list[tuple[float, str]]:
+    """Run the schedule until `spec.duration_s` after `t0`; returns what was done, at which time. Runs on
+    the thread that started the stack: a restarted service dies with the thread that started it."""
+    done: list[tuple[float, str]] = []
     at_s = spec.fault_period_s / 2
     while at_s < spec.duration_s:
         time.sleep(max(0.0, t0 + at_s - time.monotonic()))
         fault = SCHEDULE[len(done) % len(SCHEDULE)]
         service = stack.service(fault.service)
-        line = f"{time.monotonic() - t0:6.1f}s {fault.action} {fault.service} for {spec.outage_s:g}s"
+        at = time.monotonic() - t0
+        line = f"{at:6.1f}s {fault.action} {fault.service} for {spec.outage_s:g}s"
         log(line)
-        done.append(line)
+        done.append((at, line))
         service.proc.send_signal(signal.SIGKILL if fault.action == "kill" else signal.SIGSTOP)
         time.sleep(spec.outage_s)
         if fault.action == "kill":
@@ -148,14 +155,40 @@ def inject(stack: LocalStack, spec: SoakSpec, log: Callable[[str], None]) -> lis
 
 
 def _load(router: str, requests: Sequence[LoadRequest], spec: SoakSpec, out: list[RequestRecord]) -> None:
-    out.extend(asyncio.run(run_load(router, requests, duration_s=spec.duration_s, drain_s=spec.drain_s)))
+    load = run_load(
+        router,
+        requests,
+        duration_s=spec.duration_s,
+        drain_s=spec.drain_s,
+        retries=spec.client_retries,
+        backoff_s=spec.client_backoff_s,
+    )
+    out.extend(asyncio.run(load))
 
 
-def account(records: Sequence[RequestRecord], requests: Sequence[LoadRequest]) -> tuple[int, dict[str, int], int]:
-    """(completed, failed by status, lost): a completion short of its tokens counts as lost."""
-    completed = sum(r.ok and r.num_tokens == q.output_tokens for r, q in zip(records, requests, strict=True))
+def blame(records: Sequence[RequestRecord], faults: Sequence[tuple[float, str]]) -> dict[str, int]:
+    """Failed and unanswered requests counted against the last fault injected before they ended (an
+    unanswered one: before it was sent); "no fault yet" for those that ended before the first."""
+    counts: Counter[str] = Counter()
+    for r in records:
+        if r.error is None:
+            continue
+        ended = r.failed_s if r.failed_s is not None else r.at_s
+        counts[next((line for at, line in reversed(faults) if at <= ended), "no fault yet")] += 1
+    return dict(counts)
+
+
+def account(records: Sequence[RequestRecord], requests: Sequence[LoadRequest]) -> tuple[int, dict[str, int], list[str]]:
+    """(completed, failed by status, lost): a completion short of its tokens counts as lost; each lost
+    request as "<request id> <tokens received>/<asked>"."""
+    done = [r.ok and r.num_tokens == q.output_tokens for r, q in zip(records, requests, strict=True)]
     failed = Counter(r.error for r in records if r.error not in (None, "unfinished"))
-    return completed, dict(failed), len(records) - completed - sum(failed.values())
+    lost = [
+        f"{r.request_id} {r.num_tokens}/{q.output_tokens}"
+        for r, q, ok in zip(records, requests, done, strict=True)
+        if not ok and r.error in (None, "unfinished")
+    ]
+    return sum(done), dict(failed), lost
 
 
 def run_soak(topology: Topology, spec: SoakSpec, log: Callable[[str], None] = print) -> SoakResult:
@@ -169,8 +202,9 @@ def run_soak(topology: Topology, spec: SoakSpec, log: Callable[[str], None] = pr
         rss_start = {s.name: rss_mib(s) for s in stack.services}
         records: list[RequestRecord] = []
         load = threading.Thread(target=_load, args=(stack.router, requests, spec, records), daemon=True)
+        t0 = time.monotonic()  # the load's clock starts within milliseconds of this
         load.start()
-        faults = inject(stack, spec, log)
+        faults = inject(stack, spec, log, t0)
         load.join()
         end = settle(stack, baseline, timeout_s=120.0)
         completed, failed, lost = account(records, requests)
@@ -180,13 +214,16 @@ def run_soak(topology: Topology, spec: SoakSpec, log: Callable[[str], None] = pr
             sent=len(requests),
             completed=completed,
             failed=failed,
-            lost=lost,
-            faults=faults,
+            lost=len(lost),
+            faults=[line for _, line in faults],
+            failed_after=blame(records, faults),
             rss_start_mib=rss_start,
             rss_end_mib={s.name: rss_mib(s) for s in stack.services},
             restarted=sorted(s.name for s in stack.services if s.proc.pid != pids[s.name]),
             blocks_outstanding={k: baseline[k][0] - end.get(k, (0, 0))[0] for k in baseline},
             requests_outstanding={k: end.get(k, (0, 0))[1] for k in baseline},
+            lost_requests=lost,
+            log_dir=str(stack.log_dir),
         )
 
 
@@ -194,8 +231,8 @@ def format_soak(r: SoakResult) -> str:
     lines = [
         f"soak {r.duration_s:g}s at {r.rate_rps:.2f} req/s: sent {r.sent}, completed {r.completed}, "
         f"failed {sum(r.failed.values())} {r.failed or ''}, lost {r.lost}",
-        f"faults ({len(r.faults)}):",
-        *(f"  {f}" for f in r.faults),
+        f"faults ({len(r.faults)}), with the requests that failed or went unanswered after each:",
+        *(f"  {f}  -> {r.failed_after.get(f, 0)}" for f in r.faults),
         f"{'service':<18} {'RSS start MiB':>14} {'RSS end MiB':>12} {'blocks out':>11} {'requests out':>13}",
     ]
     for name, start in r.rss_start_mib.items():
@@ -206,5 +243,10 @@ def format_soak(r: SoakResult) -> str:
             f"{name:<18} {start:>14.0f} {r.rss_end_mib.get(name, 0.0):>12.0f} "
             f"{'' if blocks is None else blocks:>11} {'' if reqs is None else reqs:>13}{mark}"
         )
+    if r.failed_after.get("no fault yet"):
+        lines.append(f"  before the first fault -> {r.failed_after['no fault yet']}")
     lines.append(f"blocks outstanding at the end: {sum(r.blocks_outstanding.values())}")
+    if r.lost_requests:
+        lines += ["lost requests (id, tokens received/asked):", *(f"  {x}" for x in r.lost_requests)]
+    lines.append(f"service logs: {r.log_dir}")
     return "\n".join(lines)

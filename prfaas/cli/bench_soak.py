@@ -21,6 +21,8 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     s.add_argument("--output-tokens", type=int, default=16)
     s.add_argument("--drain-s", type=float, default=60.0)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--client-retries", type=int, default=8, help="SDK retries per request (0: none)")
+    s.add_argument("--client-backoff-s", type=float, default=0.25, help="SDK backoff before the first retry")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.set_defaults(run=run)
 
@@ -29,7 +31,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         topology = Topology.from_file(args.config)
         spec = SoakSpec(
-            args.duration_s, args.load, args.fault_period_s, args.outage_s, args.output_tokens, args.drain_s, args.seed
+            args.duration_s,
+            args.load,
+            args.fault_period_s,
+            args.outage_s,
+            args.output_tokens,
+            args.drain_s,
+            args.seed,
+            args.client_retries,
+            args.client_backoff_s,
         )
     except ValueError as exc:
         print(f"prfaas bench soak: {exc}", file=sys.stderr)

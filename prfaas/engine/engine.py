@@ -35,6 +35,10 @@ class InvalidRequest(ValueError):
     """The request cannot be served as given; the message says what to change."""
 
 
+class EngineFull(InvalidRequest):
+    """No free blocks or slot for an imported sequence right now: it fits once running sequences finish."""
+
+
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     block_size: int = 64
@@ -424,7 +428,7 @@ class Engine:
         seq = Sequence(manifest.request_id, list(prompt_ids), params, salt)
         need = self._blocks_for(len(prompt_ids) + params.max_new_tokens) - keep
         if need > self.cache.blocks.num_free or not self.cache.num_free_slots:
-            raise InvalidRequest("engine is full: no blocks or slots for the imported sequence; retry later")
+            raise EngineFull("engine is full: no blocks or slots for the imported sequence; retry later")
         for block in prefix:
             self.cache.blocks.acquire(block)  # type: ignore[arg-type]
         seq.blocks = [*prefix, *self.cache.blocks.allocate(need)]  # type: ignore[list-item]

@@ -21,6 +21,7 @@ no port gets the chunks in-band.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -37,7 +38,11 @@ from prfaas.v1 import decode_pb2
 
 
 class TransferError(RuntimeError):
-    """The receiver refused or broke off the transfer."""
+    """The receiver refused or broke off the transfer; `code` is the receiver's status when it gave one."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +127,14 @@ class _Stream:
             await self.call.write(message)
         except asyncio.InvalidStateError:
             code, details = await self.call.code(), await self.call.details()
-            raise self.window.error or TransferError(f"receiver ended the transfer: {code.name} {details}") from None
+            ended = TransferError(f"receiver ended the transfer: {code.name} {details}", code)
+            raise self.window.error or ended from None
 
     def close(self) -> None:
         if self.reader is not None:
             self.reader.cancel()
+        if self.done.done() and not self.done.cancelled():
+            self.done.exception()  # seen: the failure is reported through the window or the primary's done
         if self.data is not None:
             self.data.close()
 
@@ -140,9 +148,8 @@ class _Stream:
                         if not self.done.done():
                             self.done.set_result(0)
                         return
-                    raise TransferError(
-                        f"receiver closed the transfer: {code.name if code else 'EOF'} {await self.call.details()}"
-                    )
+                    details = await self.call.details()
+                    raise TransferError(f"receiver closed the transfer: {code.name if code else 'EOF'} {details}", code)
                 assert isinstance(msg, decode_pb2.TransferKvResponse)
                 kind = msg.WhichOneof("msg")
                 if kind == "credit_bytes":
@@ -151,7 +158,7 @@ class _Stream:
                     self.done.set_result(msg.done.kv_bytes)
                     return
         except (TransferError, grpc.aio.AioRpcError) as exc:
-            error = TransferError(str(exc))
+            error = TransferError(str(exc), exc.code() if isinstance(exc, grpc.aio.AioRpcError) else exc.code)
             await self.window.fail(error)
             if self.data is not None:
                 self.data.abort()  # a sender blocked on the data connection wakes up
@@ -181,6 +188,7 @@ async def send_state(
     receiver offers one, in-band otherwise."""
     t0 = time.perf_counter()
     streams = [_Stream(transfer_call(channel, timeout_s)) for _ in range(max(1, num_streams))]
+    export: PreparedExport | None = None
     try:
         accepts = [
             await s.open(
@@ -210,6 +218,8 @@ async def send_state(
     except BaseException as exc:
         for s in streams:
             s.call.cancel()
+        if export is not None and inspect.iscoroutine(export.first_token):
+            export.first_token.close()  # never awaited: the transfer failed before commit
         if isinstance(exc, DataPlaneError):
             raise TransferError(str(exc)) from exc
         raise
@@ -280,6 +290,7 @@ async def _read(call: grpc.aio.StreamStreamCall) -> decode_pb2.TransferKvRespons
     msg = await call.read()
     if msg is grpc.aio.EOF:
         code = await call.code()
-        raise TransferError(f"receiver closed the transfer: {code.name if code else 'EOF'} {await call.details()}")
+        details = await call.details()
+        raise TransferError(f"receiver closed the transfer: {code.name if code else 'EOF'} {details}", code)
     assert isinstance(msg, decode_pb2.TransferKvResponse)
     return msg

@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry import trace
 
 from prfaas.engine.async_engine import AsyncEngine, EngineStopped
-from prfaas.engine.engine import Engine, InvalidRequest
+from prfaas.engine.engine import Engine, EngineFull, InvalidRequest
 from prfaas.engine.factory import build_engine
 from prfaas.engine.sequence import TokenEvent
 from prfaas.kv.wire import KvChunk, KvManifest, WireError
@@ -56,6 +56,7 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
         self._background: set[asyncio.Future[None]] = set()
         self.pending: dict[str, Pending] = {}
         self._registered = asyncio.Condition()
+        self._admitting = asyncio.Lock()  # transfers waiting for room in the engine, first come first served
         self._reaper: asyncio.Task[None] | None = None
 
     def start_leases(self) -> None:
@@ -157,7 +158,7 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
         if pending is None:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"no Decode registration for {opened.request_id!r}")
         rid, req = opened.request_id, pending.request
-        pending.renewed_s = time.monotonic()
+        now = pending.renewed_s = time.monotonic()
         pending.streams += 1
         salt = tenant_salt(req.tenant_id)
         offer = None
@@ -173,7 +174,8 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
                 )
             )
             if opened.stream_index == 0:
-                ingest = self._ingest(messages, pending, start, salt)
+                remaining = context.time_remaining()
+                ingest = self._ingest(messages, pending, start, salt, None if remaining is None else now + remaining)
             else:
                 ingest = self._ingest_extra(messages, pending)
             if offer is not None:  # chunks come on the data connection, the rest on this stream
@@ -184,8 +186,7 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
             metrics.KV_TRANSFERS_MISSING.inc()  # the state was expected and did not arrive complete
             trace.get_current_span().add_event("kv.missing", {"error": str(exc)})
             await self.engine.call(lambda e: e.abort(rid))
-            code = grpc.StatusCode.UNAVAILABLE if isinstance(exc, DataPlaneError) else grpc.StatusCode.INVALID_ARGUMENT
-            await abort(context, code, f"transfer of {rid}: {exc}")
+            await abort(context, _transfer_status(exc), f"transfer of {rid}: {exc}")
         except (asyncio.CancelledError, GeneratorExit):
             self._drop_import(rid)  # the sender went away mid-transfer
             raise
@@ -196,10 +197,9 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
                 self.data.withdraw(offer)
 
     async def _ingest(
-        self, requests: AsyncIterator[Message], pending: Pending, start: int, salt: bytes
+        self, requests: AsyncIterator[Message], pending: Pending, start: int, salt: bytes, deadline: float | None
     ) -> AsyncIterator[decode_pb2.TransferKvResponse]:
-        req, rid = pending.request, pending.request.request_id
-        params = sampling_from_pb(req.sampling)
+        rid = pending.request.request_id
         async for msg in requests:
             if isinstance(msg, memoryview):
                 yield await self._apply(pending, msg)
@@ -211,7 +211,7 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
                     raise WireError(
                         f"manifest for {manifest.request_id}@{manifest.start_tokens}, expected {rid}@{start}"
                     )
-                await self.engine.call(lambda e: e.begin_import(manifest, list(req.token_ids), params, salt))  # noqa: B023
+                await self._begin_import(manifest, pending, salt, deadline)
                 pending.importing.set()
                 pending.renewed_s = time.monotonic()
             elif kind == "chunk":
@@ -226,6 +226,32 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
             else:
                 raise WireError(f"unexpected {kind} message in transfer")
         raise WireError("sender closed the transfer before commit")
+
+    async def _begin_import(
+        self, manifest: KvManifest, pending: Pending, salt: bytes, transfer_deadline: float | None
+    ) -> None:
+        """Reserve the imported sequence's blocks and slot. While the engine is full the transfer waits for
+        running sequences to finish, oldest transfer first: the sender holds its state (its stream stays open,
+        so no lease runs) instead of prefilling again elsewhere. After `import_wait_s`, or shortly before the
+        transfer's own deadline, it gives up with `EngineFull` (RESOURCE_EXHAUSTED)."""
+        req = pending.request
+        params = sampling_from_pb(req.sampling)
+        give_up = time.monotonic() + self.settings.import_wait_s
+        if transfer_deadline is not None:
+            give_up = min(give_up, transfer_deadline - 1.0)
+        start_s, delay_s = time.monotonic(), 0.01
+        async with self._admitting:
+            while True:
+                try:
+                    await self.engine.call(lambda e: e.begin_import(manifest, list(req.token_ids), params, salt))
+                    break
+                except EngineFull:
+                    if time.monotonic() + delay_s > give_up:
+                        raise
+                await asyncio.sleep(delay_s)
+                delay_s = min(2 * delay_s, 0.2)
+        if delay_s > 0.01:
+            trace.get_current_span().add_event("decode.import_wait", {"seconds": time.monotonic() - start_s})
 
     async def _apply(self, pending: Pending, data: bytes | memoryview) -> decode_pb2.TransferKvResponse:
         """Apply one chunk on the engine thread, then return its bytes as credit."""
@@ -251,9 +277,11 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
         task.add_done_callback(self._background.discard)
 
     async def _imported(self, pending: Pending) -> None:
-        """Wait for stream 0's manifest: chunks of the other streams and of data connections may come first."""
+        """Wait for stream 0's manifest to be admitted (`_begin_import`): chunks of the other streams and of
+        data connections may come first."""
         try:
-            await asyncio.wait_for(pending.importing.wait(), self.settings.register_timeout_s)
+            limit_s = self.settings.register_timeout_s + self.settings.import_wait_s
+            await asyncio.wait_for(pending.importing.wait(), limit_s)
         except TimeoutError as exc:
             raise WireError("the transfer's primary stream never sent its manifest") from exc
 
@@ -297,6 +325,16 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
 
 
 Message = memoryview | decode_pb2.TransferKvRequest
+
+
+def _transfer_status(exc: Exception) -> grpc.StatusCode:
+    """A broken data connection is the path's fault, a full engine a passing overload, anything else the
+    sender's (a malformed or inconsistent transfer)."""
+    if isinstance(exc, DataPlaneError):
+        return grpc.StatusCode.UNAVAILABLE
+    if isinstance(exc, EngineFull):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    return grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def _messages(raw: AsyncIterator[bytes]) -> AsyncIterator[Message]:

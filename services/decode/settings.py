@@ -18,6 +18,7 @@ class DecodeSettings(EngineSettings):
     register_timeout_s: float = 30.0  # a transfer waits this long for its Decode registration (and data connection)
     kv_data_port: int = 0  # TCP port of the KV data plane on `host` (0: any free port)
     kv_lease_s: float = 60.0  # a registered request whose transfer shows no progress this long is dropped
+    import_wait_s: float = 60.0  # a finished prefill's state waits this long for free blocks and a slot here
     max_queued_requests: int = 256  # registered requests (waiting for state or decoding) before RESOURCE_EXHAUSTED
     tls_cert: str = ""  # PEM certificate chain: serves this port and is presented to the services it calls
     tls_key: str = ""  # PEM private key of tls_cert
@@ -31,6 +32,8 @@ class DecodeSettings(EngineSettings):
             raise ValueError("max_queued_requests must be >= 1")
         if self.kv_lease_s <= 0:
             raise ValueError("kv_lease_s must be positive (seconds a request may wait for its KV without progress)")
+        if self.import_wait_s < 0:
+            raise ValueError("import_wait_s must be >= 0 (seconds a transfer waits for room in the engine)")
         if self.credit_window_bytes <= 0:
             raise ValueError("credit_window_bytes must be positive")
         if not 0 <= self.kv_data_port <= 65535:

@@ -154,6 +154,8 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
         try:
             return await self._prefill(request, ids, params)
         except TransferError as exc:
+            if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # the decode worker stayed full: pass its overload on
+                await shed(context, f"KV transfer to {request.decode_address} refused: {exc}")
             await abort(context, grpc.StatusCode.UNAVAILABLE, f"KV transfer to {request.decode_address} failed: {exc}")
         except grpc.aio.AioRpcError as exc:  # the decode worker refused the transfer: pass its status on
             await abort(context, exc.code(), f"KV transfer to {request.decode_address}: {exc.details()}")

@@ -101,3 +101,30 @@ async def test_prefill_worker_queue_is_bounded() -> None:
         await _until(load, lambda r: r.queue_depth == 0 and r.queued_tokens == 0)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert dict(err.value.trailing_metadata())["retry-after-ms"] == "500"
+
+
+async def test_a_finished_prefill_waits_for_room_on_a_full_decode_worker() -> None:
+    """One decode slot, three requests at once: the later transfers wait for the slot (oldest first)
+    instead of failing with "engine is full"; with no wait allowed they are refused as overload."""
+    long, short = Sampling(max_new_tokens=48, ignore_eos=True), Sampling(max_new_tokens=4, ignore_eos=True)
+    prompts = [prompt(60, 40 + i) for i in range(3)]
+    async with local_stack(threshold_tokens=48, decode={"max_seqs": 1}) as stack:
+        async with AsyncClient(stack.addresses["router"], retries=0) as client:
+            first = asyncio.ensure_future(client.generate(prompts[0], long))
+            await asyncio.sleep(0.2)
+            rest = await asyncio.gather(*(client.generate(p, short) for p in prompts[1:]))
+            done = await first
+        decode = stack.servers["decode-0"].servicer
+        assert decode.pending == {}  # type: ignore[attr-defined]
+    assert len(done.token_ids) == 48 and [len(r.token_ids) for r in rest] == [4, 4]
+
+    async with (
+        local_stack(threshold_tokens=48, decode={"max_seqs": 1, "import_wait_s": 0}) as stack,
+        AsyncClient(stack.addresses["router"], retries=0) as client,
+    ):
+        first = asyncio.ensure_future(client.generate(prompts[0], Sampling(max_new_tokens=400, ignore_eos=True)))
+        await asyncio.sleep(0.2)
+        with pytest.raises(OverloadedError) as refused:
+            await client.generate(prompts[1], short)
+        first.cancel()
+    assert "engine is full" in refused.value.message

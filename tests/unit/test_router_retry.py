@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from prfaas.bench.load import LoadRequest, RequestRecord
-from prfaas.bench.soak import SoakSpec, account
+from prfaas.bench.soak import SoakSpec, account, blame
 from prfaas.v1 import common_pb2
 from services.router.health import Health
 from services.router.retry import DECODE, PREFILL, Failure, attempt_id, resumed, should_retry
@@ -66,9 +66,21 @@ def test_soak_accounting_counts_short_and_unanswered_requests_as_lost() -> None:
     records = [
         RequestRecord(0.0, 1, first_token_s=0.1, done_s=1.0, num_tokens=4),
         RequestRecord(0.0, 1, error="UNAVAILABLE"),
-        RequestRecord(0.0, 1, error="unfinished"),
-        RequestRecord(0.0, 1, first_token_s=0.1, done_s=1.0, num_tokens=3),  # short without an error
+        RequestRecord(0.0, 1, error="unfinished", request_id="u"),
+        RequestRecord(0.0, 1, first_token_s=0.1, done_s=1.0, num_tokens=3, request_id="s"),  # short, no error
     ]
-    assert account(records, requests) == (1, {"UNAVAILABLE": 1}, 2)
+    assert account(records, requests) == (1, {"UNAVAILABLE": 1}, ["u 0/4", "s 3/4"])
     with pytest.raises(ValueError):
         SoakSpec(fault_period_s=5.0, outage_s=5.0)
+
+
+def test_soak_blames_each_failure_on_the_last_fault_before_it() -> None:
+    faults = [(20.0, "kill a"), (60.0, "kill b")]
+    records = [
+        RequestRecord(1.0, 1, error="UNAVAILABLE", failed_s=5.0),
+        RequestRecord(15.0, 1, error="UNAVAILABLE", failed_s=21.0),
+        RequestRecord(50.0, 1, error="unfinished"),  # never answered: blamed by when it was sent
+        RequestRecord(55.0, 1, error="ABORTED", failed_s=70.0),
+        RequestRecord(56.0, 1, first_token_s=57.0, done_s=58.0, num_tokens=1),
+    ]
+    assert blame(records, faults) == {"no fault yet": 1, "kill a": 2, "kill b": 1}
