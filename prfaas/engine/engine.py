@@ -324,7 +324,7 @@ class Engine:
         if end < len(seq.prompt_ids):
             return []
         self.prefilling.popleft()
-        token = sample(out.last_logits, seq.params, 0)
+        token = sample(out.last_logits, seq.params, len(seq.prompt_ids))
         if seq.prefill_only:
             seq.output_ids.append(token)
             self._finish(seq, "prefill_done")
@@ -360,7 +360,7 @@ class Engine:
         for s, p in zip(batch, positions, strict=True):
             s.num_computed = p + 1
             self._on_token_computed(s)
-        tokens = sample_batch(logits, [s.params for s in batch], [len(s.output_ids) for s in batch])
+        tokens = sample_batch(logits, [s.params for s in batch], [s.num_tokens for s in batch])
         return [self._append(s, t) for s, t in zip(batch, tokens, strict=True)]
 
     def _on_token_computed(self, seq: Sequence) -> None:

@@ -1,8 +1,9 @@
 """Sampling parameters and token selection.
 
-Sampled tokens draw from a generator seeded by (request seed, output index), so a token's choice
-depends only on the logits and its position: batched, alone, or after a transfer to another engine,
-the same request with the same seed produces the same tokens.
+Sampled tokens draw from a generator seeded by (request seed, position of the token in the sequence), so a
+token's choice depends only on the logits and its position: batched, alone, after a transfer to another
+engine, or continued elsewhere from prompt + the tokens so far (a decode failover), the same request with
+the same seed produces the same tokens.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class SamplingParams:
 
 
 def sample(logits: Tensor, params: SamplingParams, index: int) -> int:
-    """Pick the token at output position `index` from logits [vocab]."""
+    """Pick the token at sequence position `index` (prompt tokens included) from logits [vocab]."""
     if params.greedy:
         return int(logits.argmax())
     probs = torch.softmax(logits.float() / params.temperature, dim=-1)

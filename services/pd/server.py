@@ -4,6 +4,7 @@ it between the prefill and decode roles (paper §3.4.3, long timescale) without 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import fields
 
 from prfaas.engine.async_engine import AsyncEngine
 from prfaas.engine.engine import Engine
@@ -18,6 +19,12 @@ from services.pd.settings import PdSettings
 from services.prefill.server import PrefillServicer
 
 
+def decode_settings(settings: PdSettings) -> DecodeSettings:
+    """The decode role's settings: every `DecodeSettings` field a PD worker has, taken from it."""
+    names = {f.name for f in fields(DecodeSettings)} & {f.name for f in fields(PdSettings)}
+    return DecodeSettings(**{n: getattr(settings, n) for n in names})
+
+
 async def build_server(
     settings: PdSettings, engine: Engine | None = None
 ) -> tuple[RunningServer, Callable[[], Awaitable[None]]]:
@@ -26,15 +33,10 @@ async def build_server(
     prefill = PrefillServicer(runner, settings)
     ssl_context = prefill.tls.server_ssl_context() if prefill.tls else None
     data = await DataListener.start(
-        settings.host, ssl_context=ssl_context, max_buffered_bytes=settings.credit_window_bytes
+        settings.host, settings.kv_data_port, ssl_context=ssl_context, max_buffered_bytes=settings.credit_window_bytes
     )
-    decode = DecodeServicer(
-        runner,
-        DecodeSettings(
-            credit_window_bytes=settings.credit_window_bytes, register_timeout_s=settings.register_timeout_s
-        ),
-        data,
-    )
+    decode = DecodeServicer(runner, decode_settings(settings), data)
+    decode.start_leases()
     running = await start_server(
         settings.host,
         settings.port,
@@ -50,6 +52,7 @@ async def build_server(
     )
 
     async def cleanup() -> None:
+        await decode.stop_leases()
         await prefill.close()
         await data.close()
         await runner.stop()

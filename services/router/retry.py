@@ -81,8 +81,9 @@ def resumed(
     prompt: list[int], generated: list[int], sampling: common_pb2.SamplingParams
 ) -> tuple[list[int], common_pb2.SamplingParams]:
     """The prompt and sampling of an attempt that continues after `generated` tokens: the new attempt
-    prefills prompt + generated and produces only what is left. With greedy decoding the continuation is
-    the same tokens the lost worker would have produced."""
+    prefills prompt + generated and produces only what is left. Greedy or seeded, the continuation is the
+    tokens the lost worker would have produced (a sampled token's draw is seeded by its position in the
+    sequence, `prfaas.engine.sampling`)."""
     left = common_pb2.SamplingParams()
     left.CopyFrom(sampling)
     left.max_new_tokens = (sampling.max_new_tokens or 32) - len(generated)

@@ -118,6 +118,18 @@ def test_seeded_sampling_survives_disaggregation(model: KimiLinearModel) -> None
     assert disaggregated(make_engine(model), make_engine(model), ids, params)[0] == mono
 
 
+@pytest.mark.parametrize("k", [1, 5, 9])
+def test_seeded_sampling_continues_identically_from_prompt_plus_tokens_so_far(model: KimiLinearModel, k: int) -> None:
+    """A decode failover restarts a request elsewhere as prompt + the k tokens the client has, asking for
+    the rest: with the same seed it must produce the tokens the lost worker would have."""
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=5, ignore_eos=True)
+    ids = prompt(30, 4)
+    whole = make_engine(model).generate([ids], params)[0].token_ids
+    rest = SamplingParams(**{**_fields(params), "max_new_tokens": 12 - k})
+    assert make_engine(model).generate([[*ids, *whole[:k]]], rest)[0].token_ids == whole[k:]
+    assert len(set(whole)) > 3  # really sampled, not one repeated token
+
+
 def _export(model: KimiLinearModel, ids: list[int]) -> tuple[KvManifest, list[KvChunk], int]:
     sender = make_engine(model)
     chunks: list[KvChunk] = []
