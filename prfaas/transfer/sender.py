@@ -24,7 +24,7 @@ import asyncio
 import inspect
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,12 +74,51 @@ class TransferStats:
     transport: str = "grpc"  # "tcp": the chunks went on data connections, "grpc": in-band
 
 
+class _Outbox:
+    """A stream's outgoing messages, handed to grpc as the call's request iterator. grpc's own `write()`
+    proxies through a task that stays blocked when the receiver ends the call first; this iterator ends
+    when closed, so a failed transfer leaves no task behind."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=1)
+        self._ended: asyncio.Future[Any] | None = None
+
+    async def messages(self) -> AsyncIterator[bytes]:
+        while (message := await self._queue.get()) is not None:
+            yield message
+
+    async def put(self, message: bytes | None, call: Any) -> bool:
+        """Queue `message` (None: no more); False when the call ended before it could be queued."""
+        if call.done():
+            return False
+        if not self._queue.full():
+            self._queue.put_nowait(message)
+            return True
+        if self._ended is None:
+            self._ended = asyncio.ensure_future(call.code())
+        put = asyncio.ensure_future(self._queue.put(message))
+        await asyncio.wait([put, self._ended], return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+            return False
+        return True
+
+    def close(self) -> None:
+        """End the iterator now, dropping what was not sent (the call is over or being cancelled)."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
+        if self._ended is not None:
+            self._ended.cancel()
+
+
 class _Stream:
     """One bidirectional stream with its credit window, its credit reader and, on the data plane, its
     data connection."""
 
-    def __init__(self, call: Any) -> None:
-        self.call = call
+    def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
+        self.outbox = _Outbox()
+        self.call = transfer_call(channel, timeout_s, self.outbox.messages())
         self.window = CreditWindow()
         self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.reader: asyncio.Task[None] | None = None
@@ -87,7 +126,7 @@ class _Stream:
         self.sent = 0
 
     async def open(self, opened: decode_pb2.TransferOpen) -> decode_pb2.TransferAccept:
-        await self._write(decode_pb2.TransferKvRequest(open=opened).SerializeToString())
+        await self.write(decode_pb2.TransferKvRequest(open=opened).SerializeToString())
         accept = (await _read(self.call)).accept
         await self.window.grant(accept.credit_bytes)
         self.reader = asyncio.create_task(self._read_credits())
@@ -105,7 +144,7 @@ class _Stream:
         assert isinstance(chunk, memoryview)
         await self.window.acquire(len(chunk))
         if self.data is None:
-            await self._write(frame)
+            await self.write(frame)
         else:
             try:
                 await self.data.send(chunk)
@@ -118,19 +157,21 @@ class _Stream:
         if self.data is not None:
             await self.data.finish()
         if not primary:
-            await self.call.done_writing()
+            await self.done_writing()
 
-    async def _write(self, message: bytes) -> None:
-        """Write on the stream; when the call has already ended (receiver unreachable, or it refused the
-        transfer), raise why instead of grpc's bare "RPC already finished"."""
-        try:
-            await self.call.write(message)
-        except asyncio.InvalidStateError:
+    async def done_writing(self) -> None:
+        await self.write(None)
+
+    async def write(self, message: bytes | None) -> None:
+        """Send `message` on the stream (None: half-close); when the call has already ended (receiver
+        unreachable, or it refused the transfer), raise why."""
+        if not await self.outbox.put(message, self.call):
             code, details = await self.call.code(), await self.call.details()
             ended = TransferError(f"receiver ended the transfer: {code.name} {details}", code)
-            raise self.window.error or ended from None
+            raise self.window.error or ended
 
     def close(self) -> None:
+        self.outbox.close()
         if self.reader is not None:
             self.reader.cancel()
         if self.done.done() and not self.done.cancelled():
@@ -166,12 +207,13 @@ class _Stream:
                 self.done.set_exception(error)
 
 
-def transfer_call(channel: grpc.aio.Channel, timeout_s: float) -> Any:
-    """A `TransferKv` stream that writes pre-serialized messages (chunk frames go out untouched)."""
+def transfer_call(channel: grpc.aio.Channel, timeout_s: float, requests: AsyncIterator[bytes] | None = None) -> Any:
+    """A `TransferKv` stream that writes pre-serialized messages (chunk frames go out untouched): the
+    messages of `requests`, or those given to the call's `write()` when it is None."""
     method = channel.stream_stream(
         METHOD, request_serializer=None, response_deserializer=decode_pb2.TransferKvResponse.FromString
     )
-    return method(timeout=timeout_s)
+    return method(requests, timeout=timeout_s)
 
 
 async def send_state(
@@ -187,7 +229,7 @@ async def send_state(
     """Send one request's state; chunks go on data connections when `data_plane` is given and the
     receiver offers one, in-band otherwise."""
     t0 = time.perf_counter()
-    streams = [_Stream(transfer_call(channel, timeout_s)) for _ in range(max(1, num_streams))]
+    streams = [_Stream(channel, timeout_s) for _ in range(max(1, num_streams))]
     export: PreparedExport | None = None
     try:
         accepts = [
@@ -205,15 +247,15 @@ async def send_state(
         ]
         export = await _prepare_and_connect(streams, accepts, prepare, data_plane, timeout_s)
         primary = streams[0]
-        await primary.call.write(decode_pb2.TransferKvRequest(manifest=export.manifest.encode()).SerializeToString())
+        await primary.write(decode_pb2.TransferKvRequest(manifest=export.manifest.encode()).SerializeToString())
         await _send_chunks(streams, export)
         for i, s in enumerate(streams):
             await s.finish(primary=i == 0)
         await asyncio.gather(*(s.window.drained() for s in streams))
         first = await export.first_token
         commit = decode_pb2.TransferKvRequest(commit=decode_pb2.TransferCommit(first_token_id=first))
-        await primary.call.write(commit.SerializeToString())
-        await primary.call.done_writing()
+        await primary.write(commit.SerializeToString())
+        await primary.done_writing()
         received = await primary.done
     except BaseException as exc:
         for s in streams:

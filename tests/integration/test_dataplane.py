@@ -169,3 +169,18 @@ async def test_a_dropped_data_connection_fails_the_transfer_and_frees_its_blocks
             # still registered with Decode, yet nothing half-imported holds blocks
             assert "r" in _servicer(worker).pending
             assert await _settled(worker, baseline) == baseline
+
+
+@pytest.mark.parametrize("data_plane", [TCP, None], ids=["tcp", "in-band"])
+async def test_a_refused_transfer_leaves_no_writer_behind(data_plane: DataPlaneTarget | None) -> None:
+    """The receiver ends the call first (no registration: NOT_FOUND): the sender passes its status on and
+    none of its streams' request writers stays blocked (grpc's own `write()` proxy would, forever)."""
+    async with (
+        decode_worker(register_timeout_s=0.2, import_wait_s=0) as worker,
+        channel(f"127.0.0.1:{worker.port}") as chan,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError, match="no Decode registration"):
+            await send(chan, prompt(100, 15), data_plane, num_streams=2)
+        await asyncio.sleep(0.1)
+        writers = [t for t in asyncio.all_tasks() if "consume_request_iterator" in repr(t.get_coro())]
+    assert writers == []
