@@ -152,6 +152,8 @@ class RequestRecord:
     kv_bytes: int = 0
     error: str | None = None  # gRPC status name, or "unfinished" when the run ended first
     failed_s: float | None = None  # when the error came
+    last_token_s: float | None = None
+    decode_worker: str = ""  # as the first route info named it
     breakdown_s: dict[str, float] | None = None  # the router's TTFT split (RouteInfo route_s ... decode_admit_s)
     request_id: str = ""  # what the request was sent as (the services log it)
 
@@ -216,10 +218,12 @@ async def _one(client: AsyncClient, req: LoadRequest, rec: RequestRecord, clock:
             now = clock()
             if chunk.route is not None:
                 rec.route, rec.cached_tokens = chunk.route.route, chunk.route.cached_tokens
-                rec.kv_bytes = chunk.route.kv_bytes
+                rec.kv_bytes, rec.decode_worker = chunk.route.kv_bytes, chunk.route.decode_worker
                 rec.breakdown_s = {k: getattr(chunk.route, k) for k in BREAKDOWN}
-            if chunk.token_ids and rec.first_token_s is None:
-                rec.first_token_s = now
+            if chunk.token_ids:
+                rec.last_token_s = now
+                if rec.first_token_s is None:
+                    rec.first_token_s = now
             rec.num_tokens += len(chunk.token_ids)
         rec.done_s = clock()
     except PrfaasError as exc:

@@ -83,7 +83,7 @@ class SoakResult:
     restarted: list[str]
     blocks_outstanding: dict[str, int]  # starting free blocks - free blocks after the drain, per worker
     requests_outstanding: dict[str, int] = field(default_factory=dict)  # registered / queued after the drain
-    lost_requests: list[str] = field(default_factory=list)  # "<request id> <tokens received>/<asked>"
+    lost_requests: list[str] = field(default_factory=list)  # "<request id> <tokens received>/<asked> (<story>)"
     log_dir: str = ""  # the services' logs (grep them for a lost request's id)
 
     def as_dict(self) -> dict[str, object]:
@@ -184,11 +184,21 @@ def account(records: Sequence[RequestRecord], requests: Sequence[LoadRequest]) -
     done = [r.ok and r.num_tokens == q.output_tokens for r, q in zip(records, requests, strict=True)]
     failed = Counter(r.error for r in records if r.error not in (None, "unfinished"))
     lost = [
-        f"{r.request_id} {r.num_tokens}/{q.output_tokens}"
+        f"{r.request_id} {r.num_tokens}/{q.output_tokens}{_story(r)}"
         for r, q, ok in zip(records, requests, done, strict=True)
         if not ok and r.error in (None, "unfinished")
     ]
     return sum(done), dict(failed), lost
+
+
+def _story(r: RequestRecord) -> str:
+    """What is known of a lost request: when it was sent, where it went, when its last token came."""
+    parts = [f"sent at {r.at_s:.1f}s"]
+    if r.route:
+        parts.append(f"{r.route} route, decode worker {r.decode_worker}")
+    if r.last_token_s is not None:
+        parts.append(f"last token at {r.last_token_s:.1f}s")
+    return " (" + ", ".join(parts) + ")"
 
 
 def run_soak(topology: Topology, spec: SoakSpec, log: Callable[[str], None] = print) -> SoakResult:

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -17,6 +18,15 @@ from prfaas.service.tls import TlsSettings
 from prfaas.telemetry import metrics
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Watch:
+    """One shared liveness probe loop of an address and the requests waiting on it."""
+
+    gone: asyncio.Event = field(default_factory=asyncio.Event)
+    waiters: int = 0
+    task: asyncio.Task[None] | None = None
 
 
 class Health:
@@ -36,6 +46,7 @@ class Health:
         self.down: dict[str, str] = {}  # address -> why it was marked down
         self._stubs: dict[str, health_pb2_grpc.HealthStub] = {}
         self._task: asyncio.Task[None] | None = None
+        self._watches: dict[tuple[str, float], _Watch] = {}  # liveness watches (`unresponsive`)
 
     def is_up(self, address: str) -> bool:
         return address not in self.down
@@ -77,12 +88,32 @@ class Health:
 
         Liveness, not speed: a worker that is slow because it is busy (a long queue, a long prefill) still
         answers health checks and keeps its work; one that is dead, hung or cut off does not, and the
-        caller abandons what it waits for on it after `timeout_s`."""
+        caller abandons what it waits for on it after `timeout_s`. Every request waiting on the same
+        worker shares one probe loop (one health check per `interval_s`, however many requests wait)."""
+        key = (address, timeout_s)
+        watch = self._watches.get(key)
+        if watch is None:
+            watch = self._watches[key] = _Watch()
+            watch.task = asyncio.create_task(self._watch(address, timeout_s, watch))
+        watch.waiters += 1
+        try:
+            await watch.gone.wait()
+        finally:
+            watch.waiters -= 1
+            if watch.waiters == 0 and self._watches.get(key) is watch:
+                del self._watches[key]
+                if watch.task is not None:
+                    watch.task.cancel()
+
+    async def _watch(self, address: str, timeout_s: float, watch: _Watch) -> None:
         last_ok = self.clock()
         while True:
             if await self.check(address, timeout_s):
                 last_ok = self.clock()
             elif self.clock() - last_ok >= timeout_s:
+                if self._watches.get((address, timeout_s)) is watch:
+                    del self._watches[(address, timeout_s)]  # later waiters start afresh (a restarted worker)
+                watch.gone.set()
                 return
             await asyncio.sleep(self.interval_s)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 import grpc
@@ -70,11 +70,12 @@ def should_retry(failure: Failure, attempt: int, max_attempts: int, remaining_s:
     return retryable and attempt + 1 < max_attempts and remaining_s > 0.05
 
 
-def attempt_id(request_id: str, attempt: int) -> str:
-    """The id an attempt uses on the workers. Every retry has its own, so nothing left of an abandoned
-    attempt (a half-imported state, a late chunk, a stale transfer) can touch the new one; the workers drop
-    the old attempt's state when the router cancels its calls."""
-    return request_id if attempt == 0 else f"{request_id[:120]}:{attempt}"
+def attempt_id(request_id: str, call: str, attempt: int) -> str:
+    """The id an attempt uses on the workers: `<request id>:<call>.<attempt>`, where `call` is unique to
+    one Generate call. Every attempt has its own, so nothing left of an abandoned attempt (a half-imported
+    state, a late chunk, a stale transfer) can touch the next one, not even when the client retries the
+    request with the same id while the workers are still dropping the previous call's state."""
+    return f"{request_id[: 126 - len(call) - len(str(attempt))]}:{call}.{attempt}"
 
 
 def resumed(
@@ -95,18 +96,45 @@ async def race(
     prefill: asyncio.Future[prefill_pb2.PrefillResponse],
     decoder: str,
     prefill_worker: str,
+    decoder_gone: Awaitable[None],
+    liveness_timeout_s: float,
+    stall_timeout_s: float,
 ) -> AsyncIterator[decode_pb2.DecodeResponse]:
-    """Decode responses, failing fast if the prefill fails before the first token arrives; every failure
-    comes out as `AttemptFailed` naming the call and worker that failed."""
+    """Decode responses, failing fast if the prefill fails before the first token arrives, if the decode
+    worker answers no health check for `liveness_timeout_s` (`decoder_gone` completes: dead, hung or cut
+    off), or if its stream, once generating, brings no token for `stall_timeout_s` (every running sequence
+    gets a token per decode step, so such a gap is a stuck request, not a busy worker); every failure comes
+    out as `AttemptFailed` naming the call and worker that failed."""
+    gone = asyncio.ensure_future(decoder_gone)
+    gone.add_done_callback(lambda f: f.cancelled() or decode_call.cancel())
     it = decode_call.__aiter__()
     first = asyncio.ensure_future(it.__anext__())
-    await asyncio.wait([first, prefill], return_when=asyncio.FIRST_COMPLETED)
-    if prefill.done() and not first.done() and isinstance(prefill.exception(), grpc.aio.AioRpcError):
-        first.cancel()
-        raise AttemptFailed.of(PREFILL, prefill_worker, prefill.exception())
     try:
+        await asyncio.wait([first, prefill], return_when=asyncio.FIRST_COMPLETED)
+        if prefill.done() and not first.done() and isinstance(prefill.exception(), grpc.aio.AioRpcError):
+            first.cancel()
+            raise AttemptFailed.of(PREFILL, prefill_worker, prefill.exception())
         yield await first
-        async for resp in it:
+        while True:
+            try:
+                async with asyncio.timeout(stall_timeout_s):
+                    resp = await it.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                stalled = f"decode stream brought no token for {stall_timeout_s:g}s"
+                raise AttemptFailed.of(DECODE, decoder, _error(grpc.StatusCode.DEADLINE_EXCEEDED, stalled)) from None
             yield resp
     except grpc.aio.AioRpcError as exc:
         raise AttemptFailed.of(DECODE, decoder, exc) from exc
+    except asyncio.CancelledError:
+        if not gone.done() or gone.cancelled():
+            raise  # the attempt itself is being cancelled
+        silent = f"decode worker answered no health check for {liveness_timeout_s:g}s"
+        raise AttemptFailed.of(DECODE, decoder, _error(grpc.StatusCode.UNAVAILABLE, silent)) from None
+    finally:
+        gone.cancel()
+
+
+def _error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -249,6 +250,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             async for msg in self._serve(prompt, request.sampling, timeout, arrival):
                 yield msg
         except grpc.aio.AioRpcError as exc:
+            log.warning("request %s failed: %s: %s", prompt.request_id, exc.code().name, exc.details())
             if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:  # a worker's queue is full: pass its hint on
                 await shed(context, f"{exc.details()}", _retry_after_ms(exc, self.settings.retry_after_ms))
             await abort(context, exc.code(), f"{exc.details()}")
@@ -269,9 +271,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         the tokens the client already has (`retry.resumed`)."""
         deadline = time.monotonic() + timeout
         ids: list[int] = []  # tokens the client has received, over all attempts
+        call = secrets.token_hex(3)
         for attempt in range(self.settings.max_attempts):
             current, left = resumed(prompt.token_ids, ids, sampling)
-            step = replace(prompt, request_id=attempt_id(prompt.request_id, attempt), token_ids=current)
+            step = replace(prompt, request_id=attempt_id(prompt.request_id, call, attempt), token_ids=current)
             finished = False
             try:
                 async for msg in self._attempt(step, left, deadline - time.monotonic(), arrival, ids, attempt):
@@ -331,7 +334,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         try:
             fresh = not ids  # the client has no token yet: this attempt sends the route info
             first_at = time.perf_counter()
-            async for resp in race(decode_call, prefill, decoder, prefill_addr):
+            liveness_s = self.settings.liveness_timeout_s
+            gone = self.health.unresponsive(decoder, liveness_s)
+            stall_s = self.settings.token_stall_timeout_s
+            async for resp in race(decode_call, prefill, decoder, prefill_addr, gone, liveness_s, stall_s):
                 route = None
                 if not prefilled:
                     done = await self._prefilled(prefill, prefill_addr)

@@ -33,6 +33,7 @@ class RouterSettings:
     request_timeout_s: float = 300.0
     max_attempts: int = 3  # tries per request: a failed prefill or decode worker is retried elsewhere (retry.py)
     liveness_timeout_s: float = 10.0  # an attempt whose prefill worker answers no health check this long is retried
+    token_stall_timeout_s: float = 60.0  # a generating decode stream with no token this long is retried elsewhere
     health_interval_s: float = 1.0  # a backend marked down gets a health check this often until it answers
     metrics_port: int | None = None  # serve Prometheus /metrics here (0 = any free port)
     policy: str = "prfaas"  # prfaas, prfaas-static-t, prfaas-no-cache, prfaas-no-short, homogeneous, naive
@@ -58,6 +59,8 @@ class RouterSettings:
             raise ValueError("at least one prefill worker is required (--pd-prefill or --prfaas-prefill)")
         if self.max_attempts < 1 or self.liveness_timeout_s <= 0 or self.health_interval_s <= 0:
             raise ValueError("max_attempts must be >= 1, liveness_timeout_s and health_interval_s positive")
+        if self.token_stall_timeout_s <= 0:
+            raise ValueError("token_stall_timeout_s must be positive (seconds between two tokens of a stream)")
         if self.threshold_tokens < 0:
             raise ValueError("threshold_tokens must be >= 0")
         from prfaas.sched.policy import POLICIES

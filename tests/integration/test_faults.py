@@ -61,10 +61,13 @@ async def test_prefill_worker_killed_mid_transfer_is_retried_with_the_same_token
     assert await settled(stack, baseline) == baseline
 
 
-async def test_decode_worker_killed_mid_generation_continues_on_another(
-    stack: LocalStack, baseline: dict[str, tuple[int, int]]
+@pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "hung"])
+async def test_decode_worker_lost_mid_generation_continues_on_another(
+    stack: LocalStack, baseline: dict[str, tuple[int, int]], fault: signal.Signals
 ) -> None:
-    """The router re-admits the request on the other decode worker with prompt + the tokens so far."""
+    """The router re-admits the request on the other decode worker with prompt + the tokens so far: at once
+    when the worker died (its stream breaks), after the liveness timeout when it hangs (it answers no
+    health check; its stream stays open)."""
     ids = prompt(SHORT, seed=3)
     calm, _ = await run(stack.router, ids, tenant="calm", max_new=24)
     started = asyncio.Event()
@@ -74,12 +77,18 @@ async def test_decode_worker_killed_mid_generation_continues_on_another(
     decoders = [s for s in stack.services if s.name.startswith("decode")]
     states = await worker_state(stack)
     victim = next(s for s in decoders if states[s.name][1])  # the one generating
-    kill(victim)
-    tokens, route = await request
+    retries = metric(stack, "prfaas_request_retries_total", failed="decode")
+    kill(victim, fault)
+    try:
+        tokens, route = await asyncio.wait_for(request, 60)
+    finally:
+        if fault == signal.SIGSTOP:
+            kill(victim, signal.SIGCONT)
     assert tokens == calm and len(tokens) == 24
     assert route is not None and route.decode_worker == victim.internal  # the client saw the first route
-    assert metric(stack, "prfaas_request_retries_total", failed="decode") >= 1
-    stack.restart(victim.name)
+    assert metric(stack, "prfaas_request_retries_total", failed="decode") == retries + 1
+    if fault == signal.SIGKILL:
+        stack.restart(victim.name)
     assert await settled(stack, baseline) == baseline
 
 
