@@ -54,9 +54,12 @@ class CallOptions:
 class GenerateCall:
     """The state one `stream()` keeps across attempts.
 
-    Every attempt sends the same request (same request id, so the server can dedupe) under one overall
-    deadline: each attempt's gRPC timeout, also sent as `timeout_ms`, is the time left. A failure is
-    retried only while no response has arrived: a stream that already yielded tokens is never replayed.
+    Every attempt sends the same request (same request id) under one overall deadline: each attempt's gRPC
+    timeout, also sent as `timeout_ms`, is the time left. A failure before any response is retried as is.
+    A stream that breaks after tokens arrived (the router restarted) is resumed when the policy allows it:
+    the next attempt sends the tokens received so far as `resume_token_ids` and the router continues after
+    them, so the caller sees one unbroken stream with the tokens an unbroken call gives (greedy or seeded
+    sampling). Nothing already yielded is ever sent twice.
     """
 
     def __init__(
@@ -72,6 +75,8 @@ class GenerateCall:
         self._deadline_s = None if timeout_s is None else time.monotonic() + timeout_s
         self._retries = 0
         self._received = False
+        self._tokens: list[int] = []  # output tokens yielded so far
+        self._finished = False
 
     @property
     def request_id(self) -> str:
@@ -81,26 +86,33 @@ class GenerateCall:
     def attempt(self) -> tuple[router_pb2.GenerateRequest, float | None]:
         """The request for the next attempt and its gRPC timeout in seconds (None: no deadline)."""
         remaining_s = self._remaining_s()
-        if remaining_s is None:
+        if remaining_s is None and not self._tokens:
             return self.request, None
         request = router_pb2.GenerateRequest()
         request.CopyFrom(self.request)
-        request.timeout_ms = min(_MAX_TIMEOUT_MS, max(1, math.ceil(remaining_s * 1000)))
+        request.resume_token_ids[:] = self._tokens
+        if remaining_s is not None:
+            request.timeout_ms = min(_MAX_TIMEOUT_MS, max(1, math.ceil(remaining_s * 1000)))
         return request, remaining_s
 
     def received(self, message: router_pb2.GenerateResponse) -> GenerationChunk:
         """Record a response (which ends the retry window) and decode it."""
         self._received = True
-        return decode_chunk(message)
+        chunk = decode_chunk(message)
+        self._tokens.extend(chunk.token_ids)
+        self._finished = self._finished or chunk.finish_reason is not None
+        return chunk
 
     def backoff_s(self, err: grpc.RpcError) -> float:
         """Seconds to wait before retrying after `err`, or raise it as a `PrfaasError`.
 
-        It is raised when a response already arrived, the policy says stop, or waiting would pass the
-        deadline.
+        It is raised when the policy says stop, waiting would pass the deadline, or a response already
+        arrived and the stream cannot be resumed (resuming is off, no token came yet to resume after, or
+        the last message came).
         """
         error = from_rpc_error(err)
-        delay_s = None if self._received else self._policy.delay_s(self._retries + 1, error)
+        resumable = self._policy.resume and bool(self._tokens) and not self._finished
+        delay_s = None if self._received and not resumable else self._policy.delay_s(self._retries + 1, error)
         remaining_s = self._remaining_s()
         if delay_s is None or (remaining_s is not None and delay_s >= remaining_s):
             raise error from err

@@ -35,7 +35,9 @@ class AsyncClient:
 
     `token` is sent as `authorization: Bearer <token>`; `timeout_s` is the default deadline of each call,
     retries included (None: no deadline); UNAVAILABLE and RESOURCE_EXHAUSTED are retried up to `retries`
-    times with jittered exponential backoff from `backoff_s`, only before the first response arrives.
+    times with jittered exponential backoff from `backoff_s`. A stream that breaks after tokens arrived is
+    resumed after them (`resume`; the router continues with the tokens an unbroken call gives), so the
+    caller sees one stream; with `resume=False` such a break is raised.
     `tls` (CA to verify the router, and a client certificate for mutual TLS) or ready-made gRPC
     `credentials` switch to a TLS channel. Failures raise `prfaas.client.errors.PrfaasError` subclasses.
     """
@@ -50,8 +52,9 @@ class AsyncClient:
         backoff_s: float = 0.1,
         credentials: grpc.ChannelCredentials | None = None,
         tls: TlsSettings | None = None,
+        resume: bool = True,
     ) -> None:
-        self._options = CallOptions(token, timeout_s, RetryPolicy(retries=retries, backoff_s=backoff_s))
+        self._options = CallOptions(token, timeout_s, RetryPolicy(retries=retries, backoff_s=backoff_s, resume=resume))
         credentials = _credentials(credentials, tls)
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(target)
@@ -135,8 +138,9 @@ class Client:
         backoff_s: float = 0.1,
         credentials: grpc.ChannelCredentials | None = None,
         tls: TlsSettings | None = None,
+        resume: bool = True,
     ) -> None:
-        self._options = CallOptions(token, timeout_s, RetryPolicy(retries=retries, backoff_s=backoff_s))
+        self._options = CallOptions(token, timeout_s, RetryPolicy(retries=retries, backoff_s=backoff_s, resume=resume))
         credentials = _credentials(credentials, tls)
         if credentials is None:
             self._channel = grpc.insecure_channel(target)

@@ -24,6 +24,7 @@ class RetryPolicy:
     retries: int = 3
     backoff_s: float = 0.1
     max_backoff_s: float = 10.0
+    resume: bool = True  # a stream broken after tokens arrived continues after them (`call.GenerateCall`)
 
     def __post_init__(self) -> None:
         if self.retries < 0:

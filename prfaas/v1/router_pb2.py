@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from prfaas.v1 import common_pb2 as prfaas_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16prfaas/v1/router.proto\x12\tprfaas.v1\x1a\x16prfaas/v1/common.proto\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xbd\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x04 \x01(\x0b\x32\x13.prfaas.v1.TokenIdsH\x00\x12+\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.prfaas.v1.SamplingParams\x12\x12\n\ntimeout_ms\x18\x06 \x01(\rB\x08\n\x06prompt\"\x88\x01\n\x10GenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12.\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x17.prfaas.v1.FinishReason\x12#\n\x05route\x18\x04 \x01(\x0b\x32\x14.prfaas.v1.RouteInfo\"\xa1\x02\n\tRouteInfo\x12\x1f\n\x05route\x18\x01 \x01(\x0e\x32\x10.prfaas.v1.Route\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\x12\x10\n\x08kv_bytes\x18\x04 \x01(\x04\x12\x0e\n\x06ttft_s\x18\x05 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x06 \x01(\r\x12\x16\n\x0eprefill_worker\x18\x07 \x01(\t\x12\x15\n\rdecode_worker\x18\x08 \x01(\t\x12\x0f\n\x07route_s\x18\t \x01(\x01\x12\x0f\n\x07queue_s\x18\n \x01(\x01\x12\x11\n\tprefill_s\x18\x0b \x01(\x01\x12\x17\n\x0ftransfer_tail_s\x18\x0c \x01(\x01\x12\x16\n\x0e\x64\x65\x63ode_admit_s\x18\r \x01(\x01\x32V\n\rRouterService\x12\x45\n\x08Generate\x12\x1a.prfaas.v1.GenerateRequest\x1a\x1b.prfaas.v1.GenerateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16prfaas/v1/router.proto\x12\tprfaas.v1\x1a\x16prfaas/v1/common.proto\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xd7\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x04 \x01(\x0b\x32\x13.prfaas.v1.TokenIdsH\x00\x12+\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.prfaas.v1.SamplingParams\x12\x12\n\ntimeout_ms\x18\x06 \x01(\r\x12\x18\n\x10resume_token_ids\x18\x07 \x03(\rB\x08\n\x06prompt\"\x88\x01\n\x10GenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12.\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x17.prfaas.v1.FinishReason\x12#\n\x05route\x18\x04 \x01(\x0b\x32\x14.prfaas.v1.RouteInfo\"\xa1\x02\n\tRouteInfo\x12\x1f\n\x05route\x18\x01 \x01(\x0e\x32\x10.prfaas.v1.Route\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\x12\x10\n\x08kv_bytes\x18\x04 \x01(\x04\x12\x0e\n\x06ttft_s\x18\x05 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x06 \x01(\r\x12\x16\n\x0eprefill_worker\x18\x07 \x01(\t\x12\x15\n\rdecode_worker\x18\x08 \x01(\t\x12\x0f\n\x07route_s\x18\t \x01(\x01\x12\x0f\n\x07queue_s\x18\n \x01(\x01\x12\x11\n\tprefill_s\x18\x0b \x01(\x01\x12\x17\n\x0ftransfer_tail_s\x18\x0c \x01(\x01\x12\x16\n\x0e\x64\x65\x63ode_admit_s\x18\r \x01(\x01\x32V\n\rRouterService\x12\x45\n\x08Generate\x12\x1a.prfaas.v1.GenerateRequest\x1a\x1b.prfaas.v1.GenerateResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENIDS']._serialized_start=61
   _globals['_TOKENIDS']._serialized_end=84
   _globals['_GENERATEREQUEST']._serialized_start=87
-  _globals['_GENERATEREQUEST']._serialized_end=276
-  _globals['_GENERATERESPONSE']._serialized_start=279
-  _globals['_GENERATERESPONSE']._serialized_end=415
-  _globals['_ROUTEINFO']._serialized_start=418
-  _globals['_ROUTEINFO']._serialized_end=707
-  _globals['_ROUTERSERVICE']._serialized_start=709
-  _globals['_ROUTERSERVICE']._serialized_end=795
+  _globals['_GENERATEREQUEST']._serialized_end=302
+  _globals['_GENERATERESPONSE']._serialized_start=305
+  _globals['_GENERATERESPONSE']._serialized_end=441
+  _globals['_ROUTEINFO']._serialized_start=444
+  _globals['_ROUTEINFO']._serialized_end=733
+  _globals['_ROUTERSERVICE']._serialized_start=735
+  _globals['_ROUTERSERVICE']._serialized_end=821
 # @@protoc_insertion_point(module_scope)

@@ -62,6 +62,7 @@ class Prompt:
     request_id: str
     tenant_id: str
     token_ids: list[int]
+    received: tuple[int, ...] = ()  # output tokens the client has from an earlier, broken call
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
@@ -121,8 +122,16 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             ids = list(request.token_ids.ids)
         else:
             raise BadRequest("prompt is missing: set text or token_ids")
-        self._check_ids(ids, request.sampling.max_new_tokens or 32)
-        return Prompt(rid, request.tenant_id, ids)
+        max_new = request.sampling.max_new_tokens or 32
+        self._check_ids(ids, max_new)
+        received = tuple(request.resume_token_ids)
+        if len(received) >= max_new:
+            raise BadRequest(
+                f"resume_token_ids has {len(received)} tokens, max_new_tokens is {max_new}: nothing is left to generate"
+            )
+        if received and max(received) >= self.model.vocab_size:
+            raise BadRequest(f"resume_token_ids holds a token id outside the vocabulary [0, {self.model.vocab_size})")
+        return Prompt(rid, request.tenant_id, ids, received)
 
     def _check_ids(self, ids: list[int], max_new: int) -> None:
         if not ids:
@@ -270,7 +279,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         """Attempts until one finishes; a failed one is retried by `retry.should_retry`, continuing after
         the tokens the client already has (`retry.resumed`)."""
         deadline = time.monotonic() + timeout
-        ids: list[int] = []  # tokens the client has received, over all attempts
+        ids = list(prompt.received)  # tokens the client has received, over all attempts (and earlier calls)
         call = secrets.token_hex(3)
         for attempt in range(self.settings.max_attempts):
             current, left = resumed(prompt.token_ids, ids, sampling)

@@ -100,6 +100,8 @@ async def test_sixteen_concurrent_requests_match_offline() -> None:
         (request(list(range(10)) * 7000), "exceeds the model"),
         (request([1, 2], tenant_id="bad tenant!"), "tenant id"),
         (router_pb2.GenerateRequest(), "prompt is missing"),
+        (request([1, 2], resume_token_ids=list(range(MAX_NEW))), "nothing is left to generate"),
+        (request([1, 2], resume_token_ids=[3, 600]), "resume_token_ids holds a token id outside"),
     ],
 )
 async def test_bad_requests_are_invalid_argument(req: router_pb2.GenerateRequest, message: str) -> None:

@@ -119,16 +119,27 @@ async def test_cache_pool_down_or_hung_serves_without_cache_and_recovers(
 async def test_router_restart_clients_retry_and_workers_keep_nothing(
     stack: LocalStack, baseline: dict[str, tuple[int, int]]
 ) -> None:
-    started = asyncio.Event()
-    in_flight = asyncio.create_task(run(stack.router, prompt(SHORT, 20), "r", max_new=60, on_token=started))
-    await asyncio.wait_for(started.wait(), 30)
+    """Streams cut mid-generation: without resume the client gets UNAVAILABLE; with it (the default) the
+    SDK continues after the tokens it has once the router is back, with an undisturbed run's tokens. A
+    request sent while the router is down completes through retries. The workers keep nothing."""
+    ids = prompt(SHORT, 20)
+    calm, _ = await run(stack.router, ids, "calm", max_new=60)
+    started = [asyncio.Event(), asyncio.Event()]
+    strict = asyncio.create_task(run(stack.router, ids, "r", max_new=60, on_token=started[0], resume=False))
+    resumed = asyncio.create_task(
+        run(stack.router, ids, "r", max_new=60, on_token=started[1], retries=10, backoff_s=0.5)
+    )
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), 30)
     kill(stack.service("router"))
-    with pytest.raises(UnavailableError):  # mid-stream: tokens were delivered, so the SDK must not retry
-        await in_flight
-    assert await settled(stack, baseline) == baseline  # the workers dropped the orphaned request
+    with pytest.raises(UnavailableError):  # mid-stream, resume off: the SDK must not retry
+        await strict
+    assert await settled(stack, baseline) == baseline  # the workers dropped the orphaned requests
     retried = asyncio.create_task(run(stack.router, prompt(SHORT, 21), "r", retries=10, backoff_s=0.5))
-    await asyncio.sleep(0.5)  # the client's first tries find no router
+    await asyncio.sleep(0.5)  # the clients' first tries find no router
     stack.restart("router")  # from this thread: a child dies with the thread that started it
     tokens, route = await retried
     assert len(tokens) == 16 and route is not None
+    continued, first_route = await resumed
+    assert continued == calm and len(continued) == 60  # one stream, the tokens of an unbroken call
+    assert first_route is not None  # from the first call; the resumed call adds none
     assert await settled(stack, baseline) == baseline

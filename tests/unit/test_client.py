@@ -88,7 +88,11 @@ class FakeRouter(router_pb2_grpc.RouterServiceServicer):
         self.metadata.append({key: value for key, value in context.invocation_metadata()})
         step = self.steps.pop(0) if self.steps else Step()
         await asyncio.sleep(step.sleep_s)
+        skip = len(request.resume_token_ids)  # a resumed call continues after what the client has
         for index, response in enumerate(RESPONSES):
+            if skip >= len(response.token_ids):
+                skip -= len(response.token_ids)
+                continue
             if step.code is not None and index == step.after_messages:
                 await context.abort(step.code, step.message, trailing_metadata=step.trailing)
             yield response
@@ -220,15 +224,25 @@ async def test_retries_stop_after_the_limit(target: str, router: FakeRouter) -> 
     assert len(router.requests) == 3
 
 
-async def test_stream_that_yielded_tokens_is_not_retried(target: str, router: FakeRouter) -> None:
-    router.steps = [Step(grpc.StatusCode.UNAVAILABLE, "decode worker lost", after_messages=1)]
+async def test_stream_that_yielded_tokens_is_not_retried_without_resume(target: str, router: FakeRouter) -> None:
+    router.steps = [Step(grpc.StatusCode.UNAVAILABLE, "router restarting", after_messages=1)]
     received: list[GenerationChunk] = []
-    async with AsyncClient(target, retries=3, backoff_s=0.001) as client:
-        with pytest.raises(UnavailableError, match="decode worker lost"):
+    async with AsyncClient(target, retries=3, backoff_s=0.001, resume=False) as client:
+        with pytest.raises(UnavailableError, match="router restarting"):
             async for chunk in client.stream([1]):
                 received.append(chunk)
     assert received == EXPECTED_CHUNKS[:1]
     assert len(router.requests) == 1
+
+
+async def test_a_broken_stream_resumes_after_the_tokens_received(target: str, router: FakeRouter) -> None:
+    router.steps = [Step(grpc.StatusCode.UNAVAILABLE, "router restarting", after_messages=1)]
+    async with AsyncClient(target, retries=3, backoff_s=0.001) as client:
+        chunks = [chunk async for chunk in client.stream([1], request_id="r-9")]
+    assert chunks == EXPECTED_CHUNKS  # one unbroken stream, nothing twice
+    first, second = router.requests
+    assert list(first.resume_token_ids) == [] and list(second.resume_token_ids) == [11, 12]
+    assert second.request_id == "r-9" and list(second.token_ids.ids) == [1]
 
 
 async def test_leaving_a_stream_early_cancels_the_call(target: str, router: FakeRouter) -> None:

@@ -9,7 +9,7 @@ from prfaas.client.call import CallOptions, GenerateCall
 from prfaas.client.errors import InvalidRequestError, OverloadedError, UnavailableError
 from prfaas.client.retry import RetryPolicy
 from prfaas.client.types import Sampling
-from prfaas.v1 import router_pb2
+from prfaas.v1 import common_pb2, router_pb2
 
 UNAVAILABLE = UnavailableError(grpc.StatusCode.UNAVAILABLE, "down")
 
@@ -58,13 +58,27 @@ def test_call_retries_until_the_policy_stops() -> None:
         call.backoff_s(_rpc_error(grpc.StatusCode.UNAVAILABLE))
 
 
-def test_call_never_retries_after_a_response() -> None:
-    call = _call(None, RetryPolicy(retries=3, backoff_s=0.0))
+def test_call_without_resume_never_retries_after_a_response() -> None:
+    call = _call(None, RetryPolicy(retries=3, backoff_s=0.0, resume=False))
     chunk = call.received(router_pb2.GenerateResponse(token_ids=[4], text="a"))
     assert (chunk.token_ids, chunk.text) == ((4,), "a")
     with pytest.raises(UnavailableError) as caught:
         call.backoff_s(_rpc_error(grpc.StatusCode.UNAVAILABLE))
     assert isinstance(caught.value.__cause__, grpc.aio.AioRpcError)
+
+
+def test_call_resumes_after_the_tokens_received_but_not_after_the_last_message() -> None:
+    call = _call(None, RetryPolicy(retries=3, backoff_s=0.0))
+    call.received(router_pb2.GenerateResponse(route=router_pb2.RouteInfo()))  # route first, no token yet
+    with pytest.raises(UnavailableError):  # nothing to resume after: the request may have been half-served
+        call.backoff_s(_rpc_error(grpc.StatusCode.UNAVAILABLE))
+    call.received(router_pb2.GenerateResponse(token_ids=[4, 5]))
+    assert call.backoff_s(_rpc_error(grpc.StatusCode.UNAVAILABLE)) == 0.0
+    request, _ = call.attempt()
+    assert list(request.resume_token_ids) == [4, 5] and list(call.request.resume_token_ids) == []
+    call.received(router_pb2.GenerateResponse(token_ids=[6], finish_reason=common_pb2.FINISH_REASON_LENGTH))
+    with pytest.raises(UnavailableError):  # the stream was complete
+        call.backoff_s(_rpc_error(grpc.StatusCode.UNAVAILABLE))
 
 
 def test_call_does_not_wait_past_its_deadline() -> None:
