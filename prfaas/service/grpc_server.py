@@ -28,9 +28,22 @@ from prfaas.telemetry.tracing import ServerTracingInterceptor, client_intercepto
 log = logging.getLogger(__name__)
 S = TypeVar("S")
 MAX_MESSAGE_BYTES = 64 << 20
+# HTTP/2 keepalive: the heartbeat of every long-lived call between services (a Decode registration
+# waiting for its state, a KV transfer waiting for credit). Each side pings its peer after
+# KEEPALIVE_MS without a frame and gives the connection up when no answer comes in KEEPALIVE_TIMEOUT_MS,
+# so a peer that vanished without closing its connection (a host gone, a cut link) breaks its calls
+# within ~15 s: the client gets UNAVAILABLE, the server's handler is cancelled and frees what it held.
+KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS = 10_000, 5_000
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),  # what recent grpc-core waits for the ping's ack
+    ("grpc.keepalive_permit_without_calls", 0),  # only while calls are open
+    ("grpc.http2.max_pings_without_data", 0),  # a call that is quiet (waiting) still gets its heartbeat
+    # a server accepts its clients' pings at that pace (the default would answer them with GOAWAY)
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_MS // 2),
 ]
 
 Registrar = Callable[[grpc.aio.Server], None]

@@ -239,7 +239,7 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
         give_up = time.monotonic() + self.settings.import_wait_s
         if transfer_deadline is not None:
             give_up = min(give_up, transfer_deadline - 1.0)
-        start_s, delay_s = time.monotonic(), 0.01
+        start_s, delay_s, waited = time.monotonic(), 0.01, False
         async with self._admitting:
             while True:
                 try:
@@ -249,8 +249,8 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
                     if time.monotonic() + delay_s > give_up:
                         raise
                 await asyncio.sleep(delay_s)
-                delay_s = min(2 * delay_s, 0.2)
-        if delay_s > 0.01:
+                delay_s, waited = min(2 * delay_s, 0.2), True
+        if waited:
             trace.get_current_span().add_event("decode.import_wait", {"seconds": time.monotonic() - start_s})
 
     async def _apply(self, pending: Pending, data: bytes | memoryview) -> decode_pb2.TransferKvResponse:
