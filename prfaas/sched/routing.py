@@ -14,6 +14,7 @@ class WorkerView:
     address: str
     active: int  # queue depth or running sequences
     cached_tokens: int = 0
+    capacity: int = 0  # decode workers: sequences decoded at once (0: not reported)
 
 
 def pick_worker(workers: Sequence[WorkerView], cache_affine: bool) -> WorkerView:

@@ -110,14 +110,16 @@ class GetDecodeLoadRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetDecodeLoadResponse(_message.Message):
-    __slots__ = ("active", "free_blocks", "samples")
+    __slots__ = ("active", "free_blocks", "samples", "max_seqs")
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     FREE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQS_FIELD_NUMBER: _ClassVar[int]
     active: int
     free_blocks: int
     samples: _containers.RepeatedCompositeFieldContainer[DecodeStepSample]
-    def __init__(self, active: _Optional[int] = ..., free_blocks: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[DecodeStepSample, _Mapping]]] = ...) -> None: ...
+    max_seqs: int
+    def __init__(self, active: _Optional[int] = ..., free_blocks: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[DecodeStepSample, _Mapping]]] = ..., max_seqs: _Optional[int] = ...) -> None: ...
 
 class DecodeStepSample(_message.Message):
     __slots__ = ("batch", "seconds")

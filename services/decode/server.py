@@ -320,7 +320,10 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
         metrics.KV_BLOCKS_FREE.labels("decode").set(self.engine.engine.cache.blocks.num_free)
         samples = [decode_pb2.DecodeStepSample(batch=b, seconds=s) for b, s in list(self.engine.decode_steps)[-64:]]
         return decode_pb2.GetDecodeLoadResponse(
-            active=len(self.pending), free_blocks=self.engine.engine.cache.blocks.num_free, samples=samples
+            active=len(self.pending),
+            free_blocks=self.engine.engine.cache.blocks.num_free,
+            samples=samples,
+            max_seqs=self.engine.engine.config.max_seqs,
         )
 
 

@@ -159,7 +159,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             self.pd.views(),
         )
         self._record_samples(prfaas_views, pd_views)
-        decoder = pick_worker(decoders, cache_affine=True)
+        decoder = pick_worker(self._open(decoders), cache_affine=True)
         decision = self.control.decide(RequestView(n, cached_pd, cached_prfaas), prfaas_available=bool(prfaas_views))
         views = {PRFAAS: prfaas_views, LOCAL: pd_views}
         if not prfaas_views and not pd_views:  # no load probe came back in time: busy is not dead
@@ -195,6 +195,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         )
         return Routed(decision, decoder.address, prefill, n)
 
+    def _open(self, decoders: list[WorkerView]) -> list[WorkerView]:
+        """Decode admission: the workers with fewer than `decode_queue_factor` x their slots registered.
+        When every one is full the request is refused (RESOURCE_EXHAUSTED, with the retry hint) before any
+        prefill is spent on it: a state nobody can decode would only wait at the decode worker."""
+        factor = self.settings.decode_queue_factor
+        open_ = [w for w in decoders if not w.capacity or w.active < factor * w.capacity]
+        if not open_:
+            load = ", ".join(f"{w.address} {w.active}/{w.capacity}" for w in decoders)
+            raise _status(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"every decode worker is full (registered/slots: {load}; decode_queue_factor {factor:g}): retry later",
+            )
+        return open_
+
     def _record_samples(self, prfaas_views: list[PrefillView], pd_views: list[PrefillView]) -> None:
         """Keep the workers' latest measurements for the long timescale's profile fit."""
         self.control.samples[PRFAAS] = [s for v in prfaas_views for s in v.samples]
@@ -218,7 +232,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             except grpc.aio.AioRpcError:
                 cached = 0
             samples = [DecodeSample(x.batch, x.seconds) for x in load.samples]
-            return WorkerView(addr, load.active, cached), samples
+            return WorkerView(addr, load.active, cached, load.max_seqs), samples
 
         members = list(self.roles.members(DECODE))
         candidates = self.health.up(members) or members  # all marked down: try them all rather than fail

@@ -41,6 +41,9 @@ class RouterSettings:
     prfaas_queue_limit: int = 4  # per PrfaaS prefill worker: above it t rises / traffic stays local
     replan_period_s: float = 30.0  # long timescale: re-fit profiles and re-plan t; 0 disables
     auth_token: str = ""  # clients must send `authorization: Bearer <token>` (prefer PRFAAS_AUTH_TOKEN to the flag)
+    # A decode worker takes new requests while fewer than this x its slots are registered there (decoding,
+    # or being prefilled for it); when none does, requests get RESOURCE_EXHAUSTED before any prefill work.
+    decode_queue_factor: float = 2.0
     max_inflight_requests: int = 1024  # Generate calls beyond this get RESOURCE_EXHAUSTED + retry-after-ms
     retry_after_ms: int = 1000  # the retry hint sent with RESOURCE_EXHAUSTED
     tls_cert: str = ""  # PEM certificate chain: serves this port and is presented to the services it calls
@@ -52,6 +55,8 @@ class RouterSettings:
         service_tls(self)
         if self.max_inflight_requests < 1 or self.retry_after_ms < 0:
             raise ValueError("max_inflight_requests must be >= 1 and retry_after_ms >= 0")
+        if self.decode_queue_factor < 1:
+            raise ValueError("decode_queue_factor must be >= 1 (registered requests per decode slot)")
         dual = split_addresses(self.pd_workers)
         if not split_addresses(self.decode) and len(dual) <= self.pd_prefill_workers:
             raise ValueError("at least one decode worker is required (--decode host:port or --pd-workers)")

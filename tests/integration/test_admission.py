@@ -13,6 +13,7 @@ import pytest
 from prfaas.client import AsyncClient, OverloadedError, Sampling
 from prfaas.service.grpc_server import channel
 from prfaas.v1 import common_pb2, decode_pb2, decode_pb2_grpc, prefill_pb2, prefill_pb2_grpc
+from services.prefill.server import PrefillServicer
 from tests.integration.stack import local_stack
 from tests.integration.test_e2e import prompt
 
@@ -108,7 +109,8 @@ async def test_a_finished_prefill_waits_for_room_on_a_full_decode_worker() -> No
     instead of failing with "engine is full"; with no wait allowed they are refused as overload."""
     long, short = Sampling(max_new_tokens=48, ignore_eos=True), Sampling(max_new_tokens=4, ignore_eos=True)
     prompts = [prompt(60, 40 + i) for i in range(3)]
-    async with local_stack(threshold_tokens=48, decode={"max_seqs": 1}) as stack:
+    admit_all = {"decode_queue_factor": 3}  # the router lets all three through to the one-slot worker
+    async with local_stack(threshold_tokens=48, decode={"max_seqs": 1}, router=admit_all) as stack:
         async with AsyncClient(stack.addresses["router"], retries=0) as client:
             first = asyncio.ensure_future(client.generate(prompts[0], long))
             await asyncio.sleep(0.2)
@@ -119,7 +121,7 @@ async def test_a_finished_prefill_waits_for_room_on_a_full_decode_worker() -> No
     assert len(done.token_ids) == 48 and [len(r.token_ids) for r in rest] == [4, 4]
 
     async with (
-        local_stack(threshold_tokens=48, decode={"max_seqs": 1, "import_wait_s": 0}) as stack,
+        local_stack(threshold_tokens=48, decode={"max_seqs": 1, "import_wait_s": 0}, router=admit_all) as stack,
         AsyncClient(stack.addresses["router"], retries=0) as client,
     ):
         first = asyncio.ensure_future(client.generate(prompts[0], Sampling(max_new_tokens=400, ignore_eos=True)))
@@ -128,3 +130,32 @@ async def test_a_finished_prefill_waits_for_room_on_a_full_decode_worker() -> No
             await client.generate(prompts[1], short)
         first.cancel()
     assert "engine is full" in refused.value.message
+
+
+async def test_the_router_refuses_a_request_no_decode_worker_has_room_for_before_any_prefill(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Decode admission: with one slot and decode_queue_factor 1, a second request is refused at once with
+    RESOURCE_EXHAUSTED and a retry hint, and no prefill worker sees it; once the first finishes it goes."""
+    prefills: list[str] = []
+    prefill = PrefillServicer.Prefill
+
+    async def counted(self: PrefillServicer, request: prefill_pb2.PrefillRequest, context: object) -> object:
+        prefills.append(request.request_id)
+        return await prefill(self, request, context)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PrefillServicer, "Prefill", counted)
+    short = Sampling(max_new_tokens=4, ignore_eos=True)
+    async with (
+        local_stack(threshold_tokens=48, decode={"max_seqs": 1}, router={"decode_queue_factor": 1}) as stack,
+        AsyncClient(stack.addresses["router"], retries=0) as client,
+    ):
+        first = asyncio.ensure_future(client.generate(prompt(60, 50), Sampling(max_new_tokens=200, ignore_eos=True)))
+        await asyncio.sleep(0.3)
+        with pytest.raises(OverloadedError) as refused:
+            await client.generate(prompt(60, 51), short)
+        assert len(prefills) == 1  # only the first request's
+        await first
+        after = await client.generate(prompt(60, 51), short)
+    assert "every decode worker is full" in refused.value.message and refused.value.retry_after_s == 1.0
+    assert len(after.token_ids) == 4
