@@ -52,7 +52,7 @@ SCHEDULE = (
 @dataclass(frozen=True, slots=True)
 class SoakSpec:
     duration_s: float = 600.0
-    load: float = 0.8  # fraction of the planner's predicted capacity for the topology
+    load: float = 0.8  # fraction of the capacity (`capacity_rps`, or measured)
     fault_period_s: float = 60.0  # one fault starts every period (the first half a period in)
     outage_s: float = 5.0  # how long a killed service stays down / a hung one stays stopped
     output_tokens: int = 16
@@ -60,17 +60,23 @@ class SoakSpec:
     seed: int = 0
     client_retries: int = 8  # the SDK's retries (UNAVAILABLE, RESOURCE_EXHAUSTED before the first token)
     client_backoff_s: float = 0.25  # first retry's backoff; doubling, capped at 10 s: ~18-36 s in all
+    capacity_rps: float | None = None  # what `load` is a fraction of; None: measured first (`calibrate`)
+    calibrate_s: float = 240.0  # the measurement's length (offered 1.5x the planner's prediction, no faults)
 
     def __post_init__(self) -> None:
         if self.duration_s <= 0 or not 0 < self.load <= 2 or self.fault_period_s <= self.outage_s or self.outage_s <= 0:
             raise ValueError("need duration_s > 0, 0 < load <= 2 and fault_period_s > outage_s > 0")
         if self.client_retries < 0 or self.client_backoff_s < 0:
             raise ValueError("client_retries and client_backoff_s must be >= 0")
+        if (self.capacity_rps is not None and self.capacity_rps <= 0) or self.calibrate_s < 30:
+            raise ValueError("capacity_rps must be positive and calibrate_s >= 30")
 
 
 @dataclass
 class SoakResult:
     duration_s: float
+    predicted_rps: float  # the planner's capacity for the topology
+    capacity_rps: float  # the capacity `load` applies to: given, or measured on this machine
     rate_rps: float
     sent: int
     completed: int
@@ -201,15 +207,40 @@ def _story(r: RequestRecord) -> str:
     return " (" + ", ".join(parts) + ")"
 
 
+def calibrate(stack: LocalStack, spec: SoakSpec, predicted: float) -> float:
+    """The stack's measured capacity: completions per second over the last two thirds of `calibrate_s` of
+    open-loop load at 1.5x the planner's prediction, no faults, no retries (the mock engines model the
+    paper's hardware, but on a small machine the processes' own CPU work makes the live stack slower)."""
+    offered = 1.5 * predicted
+    workload = WorkloadSpec(
+        rate_rps=offered, duration_s=spec.calibrate_s, output_tokens=spec.output_tokens, seed=spec.seed + 1
+    )
+    records = asyncio.run(run_load(stack.router, build_requests(workload), duration_s=spec.calibrate_s, drain_s=0))
+    start_s = spec.calibrate_s / 3
+    done = sum(r.ok and r.done_s is not None and r.done_s >= start_s for r in records)
+    return done / (spec.calibrate_s - start_s)
+
+
 def run_soak(topology: Topology, spec: SoakSpec, log: Callable[[str], None] = print) -> SoakResult:
-    rate = spec.load * predicted_rps(topology, topology.policy, None, spec.output_tokens)
-    workload = WorkloadSpec(rate_rps=rate, duration_s=spec.duration_s, output_tokens=spec.output_tokens, seed=spec.seed)
-    requests = build_requests(workload)
-    log(f"soak: {len(requests)} requests at {rate:.2f} req/s ({spec.load:.0%} of capacity) for {spec.duration_s:g}s")
+    predicted = predicted_rps(topology, topology.policy, None, spec.output_tokens)
     with LocalStack(topology) as stack:
         baseline = worker_state(stack)
         pids = {s.name: s.proc.pid for s in stack.services}
-        rss_start = {s.name: rss_mib(s) for s in stack.services}
+        rss_start = {s.name: rss_mib(s) for s in stack.services}  # as launched, before any load
+        capacity = spec.capacity_rps
+        if capacity is None:
+            log(f"calibrating: {spec.calibrate_s:g}s at 1.5 x the planner's {predicted:.2f} req/s")
+            capacity = calibrate(stack, spec, predicted)
+            settle(stack, baseline, timeout_s=120.0)
+        rate = spec.load * capacity
+        workload = WorkloadSpec(
+            rate_rps=rate, duration_s=spec.duration_s, output_tokens=spec.output_tokens, seed=spec.seed
+        )
+        requests = build_requests(workload)
+        log(
+            f"soak: {len(requests)} requests at {rate:.2f} req/s ({spec.load:.0%} of {capacity:.2f} req/s; "
+            f"the planner predicts {predicted:.2f}) for {spec.duration_s:g}s"
+        )
         records: list[RequestRecord] = []
         load = threading.Thread(target=_load, args=(stack.router, requests, spec, records), daemon=True)
         t0 = time.monotonic()  # the load's clock starts within milliseconds of this
@@ -220,6 +251,8 @@ def run_soak(topology: Topology, spec: SoakSpec, log: Callable[[str], None] = pr
         completed, failed, lost = account(records, requests)
         return SoakResult(
             duration_s=spec.duration_s,
+            predicted_rps=predicted,
+            capacity_rps=capacity,
             rate_rps=rate,
             sent=len(requests),
             completed=completed,
@@ -239,6 +272,7 @@ def run_soak(topology: Topology, spec: SoakSpec, log: Callable[[str], None] = pr
 
 def format_soak(r: SoakResult) -> str:
     lines = [
+        f"capacity {r.capacity_rps:.2f} req/s (planner: {r.predicted_rps:.2f})",
         f"soak {r.duration_s:g}s at {r.rate_rps:.2f} req/s: sent {r.sent}, completed {r.completed}, "
         f"failed {sum(r.failed.values())} {r.failed or ''}, lost {r.lost}",
         f"faults ({len(r.faults)}), with the requests that failed or went unanswered after each:",

@@ -15,7 +15,14 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     s = kinds.add_parser("soak", help="mock-engine stack under load with workers, pools and the router failing")
     s.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="topology JSON (default: %(default)s)")
     s.add_argument("--duration-s", type=float, default=600.0, help="arrivals (and faults) stop after this")
-    s.add_argument("--load", type=float, default=0.8, help="fraction of the planner's predicted capacity")
+    s.add_argument("--load", type=float, default=0.8, help="fraction of the capacity")
+    s.add_argument(
+        "--capacity-rps",
+        type=float,
+        default=None,
+        help="the stack's capacity in req/s (default: measured first, --calibrate-s at 1.5x the planner's)",
+    )
+    s.add_argument("--calibrate-s", type=float, default=240.0, help="length of the capacity measurement")
     s.add_argument("--fault-period-s", type=float, default=60.0, help="one fault per period")
     s.add_argument("--outage-s", type=float, default=5.0, help="how long a failed service stays down")
     s.add_argument("--output-tokens", type=int, default=16)
@@ -40,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
             args.seed,
             args.client_retries,
             args.client_backoff_s,
+            args.capacity_rps,
+            args.calibrate_s,
         )
     except ValueError as exc:
         print(f"prfaas bench soak: {exc}", file=sys.stderr)
