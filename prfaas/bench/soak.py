@@ -58,7 +58,7 @@ class SoakSpec:
     output_tokens: int = 16
     drain_s: float = 60.0
     seed: int = 0
-    client_retries: int = 8  # the SDK's retries (UNAVAILABLE, RESOURCE_EXHAUSTED before the first token)
+    client_retries: int = 8  # the SDK's retries of UNAVAILABLE / RESOURCE_EXHAUSTED (streams are resumed)
     client_backoff_s: float = 0.25  # first retry's backoff; doubling, capped at 10 s: ~18-36 s in all
     capacity_rps: float | None = None  # what `load` is a fraction of; None: measured first (`calibrate`)
     calibrate_s: float = 240.0  # the measurement's length (offered 1.5x the planner's prediction, no faults)
@@ -231,6 +231,11 @@ def run_soak(topology: Topology, spec: SoakSpec, log: Callable[[str], None] = pr
         if capacity is None:
             log(f"calibrating: {spec.calibrate_s:g}s at 1.5 x the planner's {predicted:.2f} req/s")
             capacity = calibrate(stack, spec, predicted)
+            if capacity <= 0:
+                raise RuntimeError(
+                    f"calibration completed no request in {spec.calibrate_s:g}s (see {stack.log_dir}): "
+                    "give --capacity-rps or a longer --calibrate-s"
+                )
             settle(stack, baseline, timeout_s=120.0)
         rate = spec.load * capacity
         workload = WorkloadSpec(

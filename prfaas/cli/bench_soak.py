@@ -54,7 +54,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"prfaas bench soak: {exc}", file=sys.stderr)
         return 2
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    result = run_soak(topology, spec, log)
+    try:
+        result = run_soak(topology, spec, log)
+    except RuntimeError as exc:  # the stack did not start, or the calibration measured nothing
+        print(f"prfaas bench soak: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(result.as_dict()) if args.json else format_soak(result))
     clean = result.lost == 0 and not any(result.blocks_outstanding.values())
     return 0 if clean else 1
