@@ -123,7 +123,7 @@ async def race(
                 return
             except TimeoutError:
                 stalled = f"decode stream brought no token for {stall_timeout_s:g}s"
-                raise AttemptFailed.of(DECODE, decoder, _error(grpc.StatusCode.DEADLINE_EXCEEDED, stalled)) from None
+                raise AttemptFailed.of(DECODE, decoder, rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, stalled)) from None
             yield resp
     except grpc.aio.AioRpcError as exc:
         raise AttemptFailed.of(DECODE, decoder, exc) from exc
@@ -131,10 +131,30 @@ async def race(
         if not gone.done() or gone.cancelled():
             raise  # the attempt itself is being cancelled
         silent = f"decode worker answered no health check for {liveness_timeout_s:g}s"
-        raise AttemptFailed.of(DECODE, decoder, _error(grpc.StatusCode.UNAVAILABLE, silent)) from None
+        raise AttemptFailed.of(DECODE, decoder, rpc_error(grpc.StatusCode.UNAVAILABLE, silent)) from None
     finally:
         gone.cancel()
 
 
-def _error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    """A status raised by the router itself, shaped like a worker's."""
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+async def while_alive(
+    call: Awaitable[prefill_pb2.PrefillResponse], worker_gone: Awaitable[None], liveness_timeout_s: float
+) -> prefill_pb2.PrefillResponse:
+    """The prefill's answer, or UNAVAILABLE once its worker has answered no health check for
+    `liveness_timeout_s` (`worker_gone` completes: dead, hung, or cut off by the link): a busy worker keeps
+    the request."""
+    answer = asyncio.ensure_future(call)
+    gone = asyncio.ensure_future(worker_gone)
+    try:
+        await asyncio.wait([answer, gone], return_when=asyncio.FIRST_COMPLETED)
+        if answer.done():
+            return answer.result()
+        silent = f"prefill worker answered no health check for {liveness_timeout_s:g}s"
+        raise rpc_error(grpc.StatusCode.UNAVAILABLE, silent)
+    finally:
+        answer.cancel()
+        gone.cancel()

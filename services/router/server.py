@@ -42,7 +42,7 @@ from services.router.control import RouterControl
 from services.router.health import Health
 from services.router.report import Routed, breakdown, observe_prefill, route_info
 from services.router.retry import PREFILL as PREFILL_STAGE
-from services.router.retry import AttemptFailed, attempt_id, race, resumed, should_retry
+from services.router.retry import AttemptFailed, attempt_id, race, resumed, rpc_error, should_retry, while_alive
 from services.router.roles import DECODE, PREFILL, RoleTable
 from services.router.settings import RouterSettings, split_addresses
 
@@ -51,10 +51,6 @@ log = logging.getLogger(__name__)
 
 class BadRequest(ValueError):
     """The client's request is invalid; the message says what to fix."""
-
-
-def _status(code: grpc.StatusCode, message: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +163,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if not views[decision.route]:  # e.g. naive with PrfaaS down, or no local prefill worker
             other = LOCAL if decision.route == PRFAAS else PRFAAS
             if not views[other]:
-                raise _status(grpc.StatusCode.UNAVAILABLE, "no prefill worker answers")
+                raise rpc_error(grpc.StatusCode.UNAVAILABLE, "no prefill worker answers")
             decision = replace(decision, route=other, reason=f"{decision.reason}; no {decision.route} worker answers")
         if (
             decision.move_prefix
@@ -203,7 +199,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         open_ = [w for w in decoders if not w.capacity or w.active < factor * w.capacity]
         if not open_:
             load = ", ".join(f"{w.address} {w.active}/{w.capacity}" for w in decoders)
-            raise _status(
+            raise rpc_error(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"every decode worker is full (registered/slots: {load}; decode_queue_factor {factor:g}): retry later",
             )
@@ -239,7 +235,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         results = await asyncio.gather(*(view(a) for a in candidates), return_exceptions=True)
         answered = [r for r in results if isinstance(r, tuple)]
         if not answered:
-            raise _status(grpc.StatusCode.UNAVAILABLE, "no decode worker answers")
+            raise rpc_error(grpc.StatusCode.UNAVAILABLE, "no decode worker answers")
         self.control.decode_samples = [x for _, samples in answered for x in samples]
         return [w for w, _ in answered]
 
@@ -352,15 +348,16 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             ),
             timeout=timeout,
         )
-        prefill = asyncio.ensure_future(self._while_alive(call, prefill_addr))
+        liveness_s = self.settings.liveness_timeout_s
+        prefill_gone = self.health.unresponsive(prefill_addr, liveness_s)
+        prefill = asyncio.ensure_future(while_alive(call, prefill_gone, liveness_s))
         prefill.add_done_callback(lambda _: marks.setdefault("prefilled", time.perf_counter()))
         try:
             fresh = not ids  # the client has no token yet: this attempt sends the route info
             first_at = time.perf_counter()
-            liveness_s = self.settings.liveness_timeout_s
-            gone = self.health.unresponsive(decoder, liveness_s)
+            decoder_gone = self.health.unresponsive(decoder, liveness_s)
             stall_s = self.settings.token_stall_timeout_s
-            async for resp in race(decode_call, prefill, decoder, prefill_addr, gone, liveness_s, stall_s):
+            async for resp in race(decode_call, prefill, decoder, prefill_addr, decoder_gone, liveness_s, stall_s):
                 route = None
                 if not prefilled:
                     done = await self._prefilled(prefill, prefill_addr)
@@ -386,23 +383,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 self.control.prefilled(decision.route, 0, 0.0)
             decode_call.cancel()
             prefill.cancel()
-
-    async def _while_alive(
-        self, call: Awaitable[prefill_pb2.PrefillResponse], address: str
-    ) -> prefill_pb2.PrefillResponse:
-        """The prefill's answer, or UNAVAILABLE once its worker has answered no health check for
-        `liveness_timeout_s` (dead, hung, or cut off by the link): a busy worker keeps the request."""
-        answer = asyncio.ensure_future(call)
-        gone = asyncio.ensure_future(self.health.unresponsive(address, self.settings.liveness_timeout_s))
-        try:
-            await asyncio.wait([answer, gone], return_when=asyncio.FIRST_COMPLETED)
-            if answer.done():
-                return answer.result()
-            limit_s = self.settings.liveness_timeout_s
-            raise _status(grpc.StatusCode.UNAVAILABLE, f"prefill worker answered no health check for {limit_s:g}s")
-        finally:
-            answer.cancel()
-            gone.cancel()
 
     @staticmethod
     async def _prefilled(
