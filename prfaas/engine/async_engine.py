@@ -15,11 +15,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 
 from prfaas.engine.engine import Engine
+from prfaas.engine.sampling import SamplingParams
 from prfaas.engine.sequence import TokenEvent
 
 log = logging.getLogger(__name__)
@@ -31,9 +33,32 @@ class EngineStopped(RuntimeError):
     """The engine thread is not running (shut down, or crashed)."""
 
 
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    """What the services need to know of their engine; fixed for its lifetime."""
+
+    block_size: int
+    fingerprint: str  # layout fingerprint: both ends of a KV transfer must agree
+    max_seqs: int  # sequences run at once (the decode batch limit)
+    num_blocks: int
+    max_prefill_tokens: int  # tokens per prefill step
+    last_layer: int  # index of the model's last layer
+
+
 class AsyncEngine:
+    """The services' handle on an engine: its `info`, its free blocks, request validation, commands run
+    between steps (`call`) and token streams."""
+
     def __init__(self, engine: Engine, name: str = "engine", threads: int | None = None) -> None:
-        self.engine = engine
+        self._engine = engine
+        self.info = EngineInfo(
+            engine.spec.block_size,
+            engine.spec.fingerprint(),
+            engine.config.max_seqs,
+            engine.config.num_blocks,
+            engine.config.max_prefill_tokens,
+            engine.spec.layers[-1].index,
+        )
         self.name = name
         self.threads = threads
         self._commands: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -59,6 +84,15 @@ class AsyncEngine:
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def free_blocks(self) -> int:
+        """Free KV blocks (read without stopping the engine: a snapshot of a moving number)."""
+        return self._engine.cache.blocks.num_free
+
+    async def validate(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Raises `InvalidRequest` when this engine cannot serve the request as given."""
+        await self.call(lambda e: e.validate(prompt_ids, params))
 
     # -- commands ------------------------------------------------------------------------------------
     async def call(self, fn: Callable[[Engine], T]) -> T:
@@ -97,11 +131,11 @@ class AsyncEngine:
         if self.threads:
             torch.set_num_threads(self.threads)
         try:
-            while self._drain(block=not self.engine.has_work):
-                if self.engine.has_work:
+            while self._drain(block=not self._engine.has_work):
+                if self._engine.has_work:
                     t0 = time.perf_counter()
-                    events = self.engine.step()
-                    kind, batch = self.engine.last_step
+                    events = self._engine.step()
+                    kind, batch = self._engine.last_step
                     if kind == "decode":
                         self.decode_steps.append((batch, time.perf_counter() - t0))
                     self._dispatch(events)
@@ -125,7 +159,7 @@ class AsyncEngine:
     def _execute(self, fn: Callable[[Engine], Any], future: asyncio.Future[Any]) -> None:
         assert self._loop is not None
         try:
-            result = fn(self.engine)
+            result = fn(self._engine)
         except Exception as exc:  # delivered to the caller, the engine keeps running
             self._loop.call_soon_threadsafe(_set_exception, future, exc)
         else:

@@ -19,20 +19,17 @@ import torch
 
 from prfaas.engine.sampling import SamplingParams, sample, sample_batch
 from prfaas.engine.sequence import Sequence, Status, TokenEvent
+from prfaas.engine.validation import InvalidRequest, check_prompt
 from prfaas.kv.cache import HybridCache
+from prfaas.kv.migration import ChunkSink, StateExporter, StateImporter
 from prfaas.kv.pool_blocks import decode_block, decode_snapshot, encode_block, encode_snapshot
-from prfaas.kv.prefix import PrefixMatch, block_hashes, longest_hybrid_prefix
+from prfaas.kv.prefix import DEFAULT_BLOCK_SIZE, PrefixMatch, block_hashes, longest_hybrid_prefix
 from prfaas.kv.spec import HybridSpec
-from prfaas.kv.transfer import ChunkSink, StateExporter, StateImporter
 from prfaas.kv.wire import DEFAULT_CHUNK_BYTES, KvChunk, KvManifest, WireError, pick_chunk_tokens
 from prfaas.model.checkpoint import load_checkpoint
 from prfaas.model.kimi_linear import DecodeInput, PrefillInput
 from prfaas.model.runner import ModelRunner
 from prfaas.model.tiny import resolve_model
-
-
-class InvalidRequest(ValueError):
-    """The request cannot be served as given; the message says what to change."""
 
 
 class EngineFull(InvalidRequest):
@@ -41,7 +38,7 @@ class EngineFull(InvalidRequest):
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
-    block_size: int = 64
+    block_size: int = DEFAULT_BLOCK_SIZE
     num_blocks: int = 1024
     max_seqs: int = 32
     max_prefill_tokens: int = 2048  # tokens per prefill step (chunked prefill)
@@ -110,18 +107,8 @@ class Engine:
 
     # -- requests ------------------------------------------------------------------------------------
     def validate(self, prompt_ids: list[int], params: SamplingParams) -> None:
-        vocab = self.model.config.vocab_size
-        if not prompt_ids:
-            raise InvalidRequest("prompt is empty: give at least one token")
-        for pos, tok in enumerate(prompt_ids):
-            if not 0 <= tok < vocab:
-                raise InvalidRequest(f"token id {tok} at position {pos} is outside the vocabulary [0, {vocab})")
+        check_prompt(prompt_ids, params.max_new_tokens, self.model.config.vocab_size, self.max_model_len)
         total = len(prompt_ids) + params.max_new_tokens
-        if total > self.max_model_len:
-            raise InvalidRequest(
-                f"prompt of {len(prompt_ids)} tokens plus max_new_tokens {params.max_new_tokens} exceeds "
-                f"max_model_len {self.max_model_len}: shorten the prompt or lower max_new_tokens"
-            )
         if self._blocks_for(total) > self.config.num_blocks:
             raise InvalidRequest(
                 f"request needs {self._blocks_for(total)} KV blocks, the engine has {self.config.num_blocks}"

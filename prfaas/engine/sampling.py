@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from prfaas.engine.validation import DEFAULT_MAX_NEW_TOKENS
+
 MIN_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    max_new_tokens: int = 32
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int = 0

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from prfaas.engine.sampling import SamplingParams
-from prfaas.kv.transfer import StateExporter, StateImporter
+from prfaas.kv.migration import StateExporter, StateImporter
 
 
 class Status(enum.Enum):

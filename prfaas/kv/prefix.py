@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 HASH_BYTES = 16
+DEFAULT_BLOCK_SIZE = 64  # tokens per block, unless a deployment says otherwise
 
 
 def block_hashes(token_ids: Sequence[int], block_size: int, salt: bytes = b"") -> list[bytes]:

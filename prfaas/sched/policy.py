@@ -18,7 +18,7 @@ from typing import Protocol
 
 from prfaas.sched.planner import search, threshold_grid, threshold_sweep
 from prfaas.sched.profile import HardwareProfile
-from prfaas.sched.routing import LOCAL, PRFAAS
+from prfaas.sched.routing import PD, PRFAAS
 from prfaas.sched.scenario import Scenario
 from prfaas.sched.workload import EmpiricalLengths
 
@@ -154,16 +154,16 @@ def scarce_rule(req: RequestView, t: float) -> Decision:
     if incremental > t:
         remote = req.prompt_tokens - req.cached_prfaas_tokens
         return Decision(PRFAAS, f"scarce: l={incremental} > t={t:.0f}", remote, t, cache_cluster=PRFAAS)
-    return Decision(LOCAL, f"scarce: l={incremental} <= t={t:.0f}", incremental, t, cache_cluster=LOCAL)
+    return Decision(PD, f"scarce: l={incremental} <= t={t:.0f}", incremental, t, cache_cluster=PD)
 
 
 def abundant_rule(req: RequestView, t: float) -> Decision:
     """Bandwidth abundant (§3.4.3): compute is scarce, so use the longer prefix wherever it is:
     ``l_prefix = max(l_prfaas, l_pd)``, ``l = l_total - l_prefix``; ``l > t`` -> PrfaaS. When the holder of the
     longer prefix is not the computing cluster, the prefix crosses the link first (``move_prefix``)."""
-    holder = PRFAAS if req.cached_prfaas_tokens > req.cached_pd_tokens else LOCAL
+    holder = PRFAAS if req.cached_prfaas_tokens > req.cached_pd_tokens else PD
     incremental = req.prompt_tokens - max(req.cached_prfaas_tokens, req.cached_pd_tokens)
-    route = PRFAAS if incremental > t else LOCAL
+    route = PRFAAS if incremental > t else PD
     move = route != holder and req.cached_prfaas_tokens != req.cached_pd_tokens
     sign = ">" if route == PRFAAS else "<="
     reason = f"abundant: l={incremental} {sign} t={t:.0f}" + (f", prefix moves from {holder}" if move else "")
@@ -175,7 +175,7 @@ BANDWIDTH_RULES: dict[str, Rule] = {"scarce": scarce_rule, "abundant": abundant_
 
 
 def _unavailable(req: RequestView, t: float, why: str) -> Decision:
-    return Decision(LOCAL, why, req.prompt_tokens - req.cached_pd_tokens, t, cache_cluster=LOCAL)
+    return Decision(PD, why, req.prompt_tokens - req.cached_pd_tokens, t, cache_cluster=PD)
 
 
 class AdaptivePolicy:
@@ -268,11 +268,11 @@ class FixedRoutePolicy:
 
     def __init__(self, *_: object, name: str, route_to: str) -> None:
         self.name, self._route = name, route_to
-        self.threshold_tokens = math.inf if route_to == LOCAL else -math.inf
+        self.threshold_tokens = math.inf if route_to == PD else -math.inf
         self.recommended_split: Split | None = None
 
     def route(self, req: RequestView, state: ClusterState) -> Decision:
-        cached = req.cached_pd_tokens if self._route == LOCAL else req.cached_prfaas_tokens
+        cached = req.cached_pd_tokens if self._route == PD else req.cached_prfaas_tokens
         reason, t = f"{self.name}: always {self._route}", self.threshold_tokens
         return Decision(self._route, reason, req.prompt_tokens - cached, t, cache_cluster=self._route)
 
@@ -285,7 +285,7 @@ POLICIES: dict[str, Callable[..., RoutingPolicy]] = {
     "prfaas-static-t": partial(AdaptivePolicy, name="prfaas-static-t", short_timescale=False, long_timescale=False),
     "prfaas-no-cache": partial(AdaptivePolicy, name="prfaas-no-cache", cache_aware=False),
     "prfaas-no-short": partial(AdaptivePolicy, name="prfaas-no-short", short_timescale=False),
-    "homogeneous": partial(FixedRoutePolicy, name="homogeneous", route_to=LOCAL),
+    "homogeneous": partial(FixedRoutePolicy, name="homogeneous", route_to=PD),
     "naive": partial(FixedRoutePolicy, name="naive", route_to=PRFAAS),
 }
 

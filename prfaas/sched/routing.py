@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 PRFAAS = "prfaas"
-LOCAL = "local"
+PD = "pd"  # the local PD cluster (clients see its route as "local": prefilled where it decodes)
 
 
 @dataclass(frozen=True, slots=True)

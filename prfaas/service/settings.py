@@ -11,9 +11,33 @@ import dataclasses
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar, get_type_hints
 
+from prfaas.service.tls import TlsSettings, service_tls
+
 S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What every service has: where it listens, where it serves metrics, and its TLS identity."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    metrics_port: int | None = None  # serve Prometheus /metrics here (0 = any free port)
+    tls_cert: str = ""  # PEM certificate chain: serves this port and is presented to the services it calls
+    tls_key: str = ""  # PEM private key of tls_cert
+    tls_ca: str = ""  # PEM CA that signs the other services' (and, with tls_client_auth, the clients') certificates
+    tls_client_auth: bool = False  # mutual TLS: refuse clients without a certificate signed by tls_ca
+
+    def __post_init__(self) -> None:
+        service_tls(self)
+
+    @property
+    def tls(self) -> TlsSettings | None:
+        """The validated TLS settings, None when no TLS field is set."""
+        return service_tls(self)
 
 
 class SettingsError(ValueError):
@@ -69,3 +93,19 @@ def parse_settings(
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise SettingsError(str(exc)) from exc
+
+
+def settings_flags(settings: object, skip: Sequence[str] = ()) -> list[str]:
+    """The command-line flags that reproduce `settings` (the inverse of `parse_settings`): one per field
+    whose value differs from the dataclass default, except the fields named in `skip`."""
+    flags: list[str] = []
+    for field in dataclasses.fields(settings):  # type: ignore[arg-type]
+        value = getattr(settings, field.name)
+        if field.name in skip or value == field.default:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags += [flag, str(value)]
+    return flags

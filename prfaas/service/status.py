@@ -28,3 +28,10 @@ async def abort(
 async def shed(context: grpc.aio.ServicerContext, message: str, retry_after_ms: int = RETRY_AFTER_MS) -> NoReturn:
     """Refuse a request because a bounded queue is full: RESOURCE_EXHAUSTED with a `retry-after-ms` hint."""
     await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, message, [(RETRY_AFTER_KEY, str(retry_after_ms))])
+
+
+async def refuse(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    """End a call with `code`; a full queue (RESOURCE_EXHAUSTED) carries the retry hint."""
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        await shed(context, message)
+    await abort(context, code, message)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from statistics import fmean
 from typing import TYPE_CHECKING
 
-from prfaas.sched.policy import LOCAL, PRFAAS, PeriodObservation, Split
+from prfaas.sched.policy import PD, PRFAAS, PeriodObservation, Split
 from prfaas.sim.instances import DecodeInstance, PrefillInstance, SimRequest
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ class Controller:
             prompt_tokens=prompts,
             link_gbps=sim.egress.capacity_gbps,
             n_prfaas=len(sim.prefill[PRFAAS].instances),
-            n_prefill=len(sim.prefill[LOCAL].instances),
+            n_prefill=len(sim.prefill[PD].instances),
             n_decode=len(sim.decode.instances),
             output_tokens=self._output_tokens,
             prfaas_profile=sim.deployment.prfaas_profile,
@@ -122,7 +122,7 @@ class Controller:
         """Drain ``|N_p(target) - N_p|`` instances of the surplus role, least loaded first; at least one
         instance of each role always keeps serving."""
         sim = self.sim
-        local, decode = sim.prefill[LOCAL], sim.decode
+        local, decode = sim.prefill[PD], sim.decode
         total = len(local.instances) + len(decode.instances)
         if split is None or self._converting or total < 2 or not local.instances or not decode.instances:
             return
@@ -145,7 +145,7 @@ class Controller:
 
     def _drain_prefill(self, instance: PrefillInstance) -> None:
         instance.draining, self._converting = True, self._converting + 1
-        local = self.sim.prefill[LOCAL]
+        local = self.sim.prefill[PD]
         while instance.queue:
             local.outstanding -= 1  # dispatch counts it again
             self.sim.dispatch(instance.pop())
@@ -154,11 +154,11 @@ class Controller:
 
     def on_idle_decoder(self, decoder: DecodeInstance) -> None:
         self.sim.decode.instances.remove(decoder)
-        self.sim.prefill[LOCAL].instances.append(PrefillInstance(self.sim.deployment.pd_profile))
+        self.sim.prefill[PD].instances.append(PrefillInstance(self.sim.deployment.pd_profile))
         self._converted()
 
     def on_idle_prefill(self, instance: PrefillInstance) -> None:
-        self.sim.prefill[LOCAL].instances.remove(instance)
+        self.sim.prefill[PD].instances.remove(instance)
         self.sim.decode.instances.append(self.sim.new_decoder())
         self._converted()
 
@@ -166,5 +166,5 @@ class Controller:
         self._converting -= 1
         if not self._converting:
             sim = self.sim
-            split = Split(len(sim.prefill[LOCAL].instances), len(sim.decode.instances))
+            split = Split(len(sim.prefill[PD].instances), len(sim.decode.instances))
             self.role_changes.append((sim.now_s, split))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from prfaas.sched.policy import LOCAL, PRFAAS, ClusterState, RequestView, RoutingPolicy
+from prfaas.sched.policy import PD, PRFAAS, ClusterState, RequestView, RoutingPolicy
 from prfaas.sim.arrivals import Arrival
 from prfaas.sim.cache import PrefixCache
 from prfaas.sim.config import Deployment, SimConfig
@@ -43,7 +43,7 @@ class Simulator:
         self.ingress = Link(self.events, deployment.link_gbps, window, flows)  # PD -> PrfaaS: prefixes only
         self.prefill = {
             PRFAAS: PrefillPool([PrefillInstance(deployment.prfaas_profile) for _ in range(deployment.n_prfaas)]),
-            LOCAL: PrefillPool([PrefillInstance(deployment.pd_profile) for _ in range(deployment.split.n_prefill)]),
+            PD: PrefillPool([PrefillInstance(deployment.pd_profile) for _ in range(deployment.split.n_prefill)]),
         }
         self.decode = DecodePool([self.new_decoder() for _ in range(deployment.split.n_decode)])
         self.caches = {name: PrefixCache(config.cache_capacity_blocks, config.block_tokens) for name in self.prefill}
@@ -74,7 +74,7 @@ class Simulator:
             self.events.schedule(self._arrivals[index + 1].at_s, self._on_arrival, index + 1)
         req = SimRequest(index, self.now_s, arrival.prompt_tokens, arrival.output_tokens, arrival.block_keys)
         self.requests.append(req)
-        view = RequestView(req.prompt_tokens, self._cached(req, LOCAL), self._cached(req, PRFAAS))
+        view = RequestView(req.prompt_tokens, self._cached(req, PD), self._cached(req, PRFAAS))
         decision = self.policy.route(view, self.cluster_state())
         req.decision, req.route, req.cached_pd_tokens = decision, self._feasible(decision.route), view.cached_pd_tokens
         self.control.on_routed(req)
@@ -88,7 +88,7 @@ class Simulator:
 
     def cluster_state(self) -> ClusterState:
         """What the router measures now (§3.4.3): egress utilisation and queue depths."""
-        remote, local = self.prefill[PRFAAS], self.prefill[LOCAL]
+        remote, local = self.prefill[PRFAAS], self.prefill[PD]
         per_instance = self.config.queue_limit_per_instance
         return ClusterState(
             prfaas_available=bool(remote.instances),
@@ -104,14 +104,14 @@ class Simulator:
 
     def _feasible(self, route: str) -> str:
         """The routed cluster, or the other one if it has no prefill instance serving."""
-        other = LOCAL if route == PRFAAS else PRFAAS
+        other = PD if route == PRFAAS else PRFAAS
         return route if self.prefill[route].serving() or not self.prefill[other].serving() else other
 
     # -- 2. cross-cluster prefix move -----------------------------------------------------------------------
     def _move_prefix(self, req: SimRequest, view: RequestView, holder: str) -> None:
         """Copy the holder's longer prefix to the computing cluster: ``S_kv`` of the tokens it lacks (the
         full-attention blocks plus the linear-attention state at the prefix boundary)."""
-        cached = {LOCAL: view.cached_pd_tokens, PRFAAS: view.cached_prfaas_tokens}
+        cached = {PD: view.cached_pd_tokens, PRFAAS: view.cached_prfaas_tokens}
         req.moved_tokens = cached[holder]
         size = self.deployment.prfaas_profile.kv_bytes(cached[holder] - cached[req.route])
         link = self.egress if holder == PRFAAS else self.ingress
@@ -149,7 +149,7 @@ class Simulator:
         instance.current = None
         req.prefill_end_s, req.prefill_done = self.now_s, True
         self.caches[req.route].insert(req.block_keys)
-        if req.route == LOCAL or req.kv_sent:
+        if req.route == PD or req.kv_sent:
             self._kv_ready(req)
         else:
             self.egress.uncap(self.flows[req.id])
@@ -161,7 +161,7 @@ class Simulator:
     # -- 4. KV transfer over the link (PrfaaS route only) ---------------------------------------------------
     def _start_kv_transfer(self, req: SimRequest, prefill_s: float) -> None:
         """Send what PD lacks, ``S_kv(prompt - l_pd)``, capped at the production rate ``S_kv / T_prefill``."""
-        pd_hit = self._cached(req, LOCAL)
+        pd_hit = self._cached(req, PD)
         req.transfer_bytes = self.deployment.prfaas_profile.kv_bytes(req.prompt_tokens - pd_hit)
         self.flows[req.id] = self.egress.start(
             req.transfer_bytes, req.transfer_bytes / prefill_s, lambda: self._on_kv_sent(req)
@@ -178,7 +178,7 @@ class Simulator:
         req.first_token_s = self.now_s
         self.prefill[req.route].outstanding -= 1
         if req.route == PRFAAS:
-            self.caches[LOCAL].insert(req.block_keys)
+            self.caches[PD].insert(req.block_keys)
         self.admit(req)
 
     # -- 5. decode ------------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor
 
 from prfaas.kv.wire import KvChunk
 from prfaas.v1 import decode_pb2
@@ -62,24 +64,22 @@ def parse_request(raw: bytes) -> memoryview | decode_pb2.TransferKvRequest:
 
 def add_decode_service(servicer: Any, server: grpc.aio.Server) -> None:
     """Register a `DecodeService` servicer like the generated helper does, except that `TransferKv`
-    receives raw message bytes (to be read with `parse_request`)."""
-    handlers = {
-        "Decode": grpc.unary_stream_rpc_method_handler(
-            servicer.Decode, decode_pb2.DecodeRequest.FromString, decode_pb2.DecodeResponse.SerializeToString
-        ),
-        "TransferKv": grpc.stream_stream_rpc_method_handler(
-            servicer.TransferKv, None, decode_pb2.TransferKvResponse.SerializeToString
-        ),
-        "MatchPrefix": grpc.unary_unary_rpc_method_handler(
-            servicer.MatchPrefix,
-            decode_pb2.MatchPrefixRequest.FromString,
-            decode_pb2.MatchPrefixResponse.SerializeToString,
-        ),
-        "GetDecodeLoad": grpc.unary_unary_rpc_method_handler(
-            servicer.GetDecodeLoad,
-            decode_pb2.GetDecodeLoadRequest.FromString,
-            decode_pb2.GetDecodeLoadResponse.SerializeToString,
-        ),
-    }
+    receives raw message bytes (to be read with `parse_request`). Built from the service descriptor, so
+    every RPC the proto declares is served."""
+    handlers = {m.name: _handler(servicer, m) for m in decode_pb2.DESCRIPTOR.services_by_name["DecodeService"].methods}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)
+
+
+def _handler(servicer: Any, method: MethodDescriptor) -> grpc.RpcMethodHandler:
+    request = message_factory.GetMessageClass(method.input_type)
+    response = message_factory.GetMessageClass(method.output_type)
+    parse = None if method.name == "TransferKv" else request.FromString
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(method.client_streaming, method.server_streaming)]
+    return make(getattr(servicer, method.name), parse, response.SerializeToString)
+

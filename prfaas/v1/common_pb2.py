@@ -24,17 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16prfaas/v1/common.proto\x12\tprfaas.v1\"\x86\x01\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x16\n\x0estop_token_ids\x18\x05 \x03(\r\x12\x12\n\nignore_eos\x18\x06 \x01(\x08*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02*A\n\x05Route\x12\x15\n\x11ROUTE_UNSPECIFIED\x10\x00\x12\x10\n\x0cROUTE_PRFAAS\x10\x01\x12\x0f\n\x0bROUTE_LOCAL\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16prfaas/v1/common.proto\x12\tprfaas.v1\"\x86\x01\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x16\n\x0estop_token_ids\x18\x05 \x03(\r\x12\x12\n\nignore_eos\x18\x06 \x01(\x08\"j\n\nWorkerInfo\x12\x12\n\nblock_size\x18\x01 \x01(\r\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08max_seqs\x18\x04 \x01(\r\x12\x12\n\nnum_blocks\x18\x05 \x01(\r\"\x16\n\x14GetWorkerInfoRequest\"<\n\x15GetWorkerInfoResponse\x12#\n\x04info\x18\x01 \x01(\x0b\x32\x15.prfaas.v1.WorkerInfo*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02*A\n\x05Route\x12\x15\n\x11ROUTE_UNSPECIFIED\x10\x00\x12\x10\n\x0cROUTE_PRFAAS\x10\x01\x12\x0f\n\x0bROUTE_LOCAL\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'prfaas.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=174
-  _globals['_FINISHREASON']._serialized_end=269
-  _globals['_ROUTE']._serialized_start=271
-  _globals['_ROUTE']._serialized_end=336
+  _globals['_FINISHREASON']._serialized_start=368
+  _globals['_FINISHREASON']._serialized_end=463
+  _globals['_ROUTE']._serialized_start=465
+  _globals['_ROUTE']._serialized_end=530
   _globals['_SAMPLINGPARAMS']._serialized_start=38
   _globals['_SAMPLINGPARAMS']._serialized_end=172
+  _globals['_WORKERINFO']._serialized_start=174
+  _globals['_WORKERINFO']._serialized_end=280
+  _globals['_GETWORKERINFOREQUEST']._serialized_start=282
+  _globals['_GETWORKERINFOREQUEST']._serialized_end=304
+  _globals['_GETWORKERINFORESPONSE']._serialized_start=306
+  _globals['_GETWORKERINFORESPONSE']._serialized_end=366
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from prfaas.v1 import common_pb2 as prfaas_dot_v1_dot_common__pb2
 from prfaas.v1 import decode_pb2 as prfaas_dot_v1_dot_decode__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -55,6 +56,11 @@ class DecodeServiceStub:
                 request_serializer=prfaas_dot_v1_dot_decode__pb2.GetDecodeLoadRequest.SerializeToString,
                 response_deserializer=prfaas_dot_v1_dot_decode__pb2.GetDecodeLoadResponse.FromString,
                 _registered_method=True)
+        self.GetWorkerInfo = channel.unary_unary(
+                '/prfaas.v1.DecodeService/GetWorkerInfo',
+                request_serializer=prfaas_dot_v1_dot_common__pb2.GetWorkerInfoRequest.SerializeToString,
+                response_deserializer=prfaas_dot_v1_dot_common__pb2.GetWorkerInfoResponse.FromString,
+                _registered_method=True)
 
 
 class DecodeServiceServicer:
@@ -89,6 +95,13 @@ class DecodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetWorkerInfo(self, request, context):
+        """Reports what the worker runs (block size, model fingerprint, slots).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +124,11 @@ def add_DecodeServiceServicer_to_server(servicer, server):
                     servicer.GetDecodeLoad,
                     request_deserializer=prfaas_dot_v1_dot_decode__pb2.GetDecodeLoadRequest.FromString,
                     response_serializer=prfaas_dot_v1_dot_decode__pb2.GetDecodeLoadResponse.SerializeToString,
+            ),
+            'GetWorkerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWorkerInfo,
+                    request_deserializer=prfaas_dot_v1_dot_common__pb2.GetWorkerInfoRequest.FromString,
+                    response_serializer=prfaas_dot_v1_dot_common__pb2.GetWorkerInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +240,33 @@ class DecodeService:
             '/prfaas.v1.DecodeService/GetDecodeLoad',
             prfaas_dot_v1_dot_decode__pb2.GetDecodeLoadRequest.SerializeToString,
             prfaas_dot_v1_dot_decode__pb2.GetDecodeLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWorkerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prfaas.v1.DecodeService/GetWorkerInfo',
+            prfaas_dot_v1_dot_common__pb2.GetWorkerInfoRequest.SerializeToString,
+            prfaas_dot_v1_dot_common__pb2.GetWorkerInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from prfaas.v1 import common_pb2 as prfaas_dot_v1_dot_common__pb2
 from prfaas.v1 import prefill_pb2 as prfaas_dot_v1_dot_prefill__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -45,6 +46,11 @@ class PrefillServiceStub:
                 request_serializer=prfaas_dot_v1_dot_prefill__pb2.GetLoadRequest.SerializeToString,
                 response_deserializer=prfaas_dot_v1_dot_prefill__pb2.GetLoadResponse.FromString,
                 _registered_method=True)
+        self.GetWorkerInfo = channel.unary_unary(
+                '/prfaas.v1.PrefillService/GetWorkerInfo',
+                request_serializer=prfaas_dot_v1_dot_common__pb2.GetWorkerInfoRequest.SerializeToString,
+                response_deserializer=prfaas_dot_v1_dot_common__pb2.GetWorkerInfoResponse.FromString,
+                _registered_method=True)
 
 
 class PrefillServiceServicer:
@@ -65,6 +71,13 @@ class PrefillServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetWorkerInfo(self, request, context):
+        """Reports what the worker runs (block size, model fingerprint, slots).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PrefillServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +90,11 @@ def add_PrefillServiceServicer_to_server(servicer, server):
                     servicer.GetLoad,
                     request_deserializer=prfaas_dot_v1_dot_prefill__pb2.GetLoadRequest.FromString,
                     response_serializer=prfaas_dot_v1_dot_prefill__pb2.GetLoadResponse.SerializeToString,
+            ),
+            'GetWorkerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWorkerInfo,
+                    request_deserializer=prfaas_dot_v1_dot_common__pb2.GetWorkerInfoRequest.FromString,
+                    response_serializer=prfaas_dot_v1_dot_common__pb2.GetWorkerInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +152,33 @@ class PrefillService:
             '/prfaas.v1.PrefillService/GetLoad',
             prfaas_dot_v1_dot_prefill__pb2.GetLoadRequest.SerializeToString,
             prfaas_dot_v1_dot_prefill__pb2.GetLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWorkerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prfaas.v1.PrefillService/GetWorkerInfo',
+            prfaas_dot_v1_dot_common__pb2.GetWorkerInfoRequest.SerializeToString,
+            prfaas_dot_v1_dot_common__pb2.GetWorkerInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

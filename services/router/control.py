@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from prfaas.sched.egress import EgressMeter
 from prfaas.sched.fit import DecodeSample, PrefillSample, fit_profile
 from prfaas.sched.policy import ClusterState, Decision, PeriodObservation, RequestView, Split, make_policy
-from prfaas.sched.routing import PRFAAS
+from prfaas.sched.routing import PD, PRFAAS
 from services.router.settings import RouterSettings
 
 log = logging.getLogger(__name__)
@@ -30,11 +30,11 @@ class RouterControl:
         self.policy = make_policy(settings.policy, settings.threshold_tokens)
         self.egress = EgressMeter(settings.link_gbps)
         self.n_prfaas, self._split, self._rebalance = n_prfaas, split, rebalance
-        self.in_flight = {PRFAAS: 0, "local": 0}  # routed, prefill not yet acknowledged
+        self.in_flight = {PRFAAS: 0, PD: 0}  # routed, prefill not yet acknowledged
         self.incremental: deque[float] = deque(maxlen=HISTORY)
         self.prompts: deque[float] = deque(maxlen=HISTORY)
         self.output_tokens: deque[int] = deque(maxlen=HISTORY)
-        self.samples: dict[str, list[PrefillSample]] = {PRFAAS: [], "local": []}
+        self.samples: dict[str, list[PrefillSample]] = {PRFAAS: [], PD: []}
         self.decode_samples: list[DecodeSample] = []
         self.replans = 0
         self._task: asyncio.Task[None] | None = None
@@ -52,7 +52,7 @@ class RouterControl:
             link_gbps=self.egress.capacity_gbps(),  # configured, or measured while the link is the bottleneck
             prfaas_queue_depth=self.in_flight[PRFAAS],
             prfaas_queue_limit=self.settings.prfaas_queue_limit * max(n_prfaas, 1),
-            pd_queue_depth=self.in_flight["local"],
+            pd_queue_depth=self.in_flight[PD],
             # The local side's queue is bounded like PrfaaS's: without it, PrfaaS overload always looked like
             # PD headroom, and under overload every request went local and saturated PD prefill.
             pd_queue_limit=self.settings.prfaas_queue_limit * max(n_prefill, 1),
@@ -79,7 +79,7 @@ class RouterControl:
     def observation(self) -> PeriodObservation | None:
         """None until both clusters' profiles can be fitted from worker measurements."""
         prfaas = fit_profile("prfaas", self.samples[PRFAAS][-256:])
-        pd = fit_profile("pd", self.samples["local"][-256:], self.decode_samples[-256:])
+        pd = fit_profile("pd", self.samples[PD][-256:], self.decode_samples[-256:])
         if prfaas is None or pd is None or pd.decode is None or not self.incremental:
             return None
         n_prfaas, n_prefill, n_decode = self.counts

@@ -21,7 +21,7 @@ from prfaas.model.tiny import resolve_model
 from prfaas.model.tokenizer import Tokenizer, load_tokenizer
 from prfaas.sched.fit import DecodeSample
 from prfaas.sched.policy import RequestView, Split
-from prfaas.sched.routing import LOCAL, PRFAAS, WorkerView, pick_worker
+from prfaas.sched.routing import PD, PRFAAS, WorkerView, pick_worker
 from prfaas.service.auth import BearerTokenInterceptor
 from prfaas.service.convert import check_request_id, check_tenant, sampling_from_pb, tenant_salt
 from prfaas.service.grpc_server import RunningServer, channel, start_server
@@ -76,14 +76,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             PRFAAS, split_addresses(settings.prfaas_prefill), settings.prfaas_pool, tls=self.tls, health=self.health
         )
         self.pd = Cluster(
-            LOCAL,
+            PD,
             [*pd_prefill, *dual],
             settings.pd_pool,
             lambda: self.roles.members(PREFILL),
             tls=self.tls,
             health=self.health,
         )
-        self.clusters = {PRFAAS: self.prfaas, LOCAL: self.pd}
+        self.clusters = {PRFAAS: self.prfaas, PD: self.pd}
         self.decode = {a: decode_pb2_grpc.DecodeServiceStub(channel(a, self.tls)) for a in [*decoders, *dual]}
         self.inflight = 0  # Generate calls admitted and not finished (bounded by max_inflight_requests)
         self.control = RouterControl(settings, len(self.prfaas.prefill), self.roles.split, self.rebalance)
@@ -157,11 +157,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._record_samples(prfaas_views, pd_views)
         decoder = pick_worker(self._open(decoders), cache_affine=True)
         decision = self.control.decide(RequestView(n, cached_pd, cached_prfaas), prfaas_available=bool(prfaas_views))
-        views = {PRFAAS: prfaas_views, LOCAL: pd_views}
+        views = {PRFAAS: prfaas_views, PD: pd_views}
         if not prfaas_views and not pd_views:  # no load probe came back in time: busy is not dead
             views = {c: self.clusters[c].unprobed() for c in views}
         if not views[decision.route]:  # e.g. naive with PrfaaS down, or no local prefill worker
-            other = LOCAL if decision.route == PRFAAS else PRFAAS
+            other = PD if decision.route == PRFAAS else PRFAAS
             if not views[other]:
                 raise rpc_error(grpc.StatusCode.UNAVAILABLE, "no prefill worker answers")
             decision = replace(decision, route=other, reason=f"{decision.reason}; no {decision.route} worker answers")
@@ -208,7 +208,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def _record_samples(self, prfaas_views: list[PrefillView], pd_views: list[PrefillView]) -> None:
         """Keep the workers' latest measurements for the long timescale's profile fit."""
         self.control.samples[PRFAAS] = [s for v in prfaas_views for s in v.samples]
-        self.control.samples[LOCAL] = [s for v in pd_views for s in v.samples]
+        self.control.samples[PD] = [s for v in pd_views for s in v.samples]
 
     async def _decode_views(self, prompt: Prompt) -> list[WorkerView]:
         match_request = decode_pb2.MatchPrefixRequest(tenant_id=prompt.tenant_id, token_ids=prompt.token_ids)  # once

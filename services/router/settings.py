@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from prfaas.kv.prefix import DEFAULT_BLOCK_SIZE
 from prfaas.model.tiny import TINY_NAME
-from prfaas.service.tls import service_tls
+from prfaas.service.settings import ServerSettings
 
 
 def split_addresses(value: str) -> tuple[str, ...]:
     return tuple(a.strip() for a in value.split(",") if a.strip())
 
 
-@dataclass(frozen=True, slots=True)
-class RouterSettings:
+@dataclass(frozen=True)
+class RouterSettings(ServerSettings):
     """The router: threshold routing between the PrfaaS and the local PD cluster."""
 
-    host: str = "127.0.0.1"
-    port: int = 0
     model: str = TINY_NAME  # for the tokenizer and input validation
     prfaas_prefill: str = ""  # comma-separated host:port of PrfaaS prefill workers
     pd_prefill: str = ""  # local PD prefill workers
@@ -28,31 +27,29 @@ class RouterSettings:
     prfaas_pool: str = ""  # host:port of the PrfaaS cluster's cache pool (optional)
     pd_pool: str = ""  # the PD cluster's cache pool (optional)
     threshold_tokens: int = 1024  # t: incremental length above which a request goes to PrfaaS
-    block_size: int = 64  # must match the engines
+    block_size: int = DEFAULT_BLOCK_SIZE  # must match the workers' (checked at startup)
     max_model_len: int = 0  # prompt + output limit checked here; 0 = the model config's
     request_timeout_s: float = 300.0
     max_attempts: int = 3  # tries per request: a failed prefill or decode worker is retried elsewhere (retry.py)
     liveness_timeout_s: float = 10.0  # an attempt whose prefill worker answers no health check this long is retried
     token_stall_timeout_s: float = 60.0  # a generating decode stream with no token this long is retried elsewhere
     health_interval_s: float = 1.0  # a backend marked down gets a health check this often until it answers
-    metrics_port: int | None = None  # serve Prometheus /metrics here (0 = any free port)
+    probe_timeout_s: float = 2.0  # load probes, prefix lookups and the startup check of each worker
+    prefix_copy_timeout_s: float = 30.0  # copying a cached prefix from one cluster's pool to the other's
     policy: str = "prfaas"  # prfaas, prfaas-static-t, prfaas-no-cache, prfaas-no-short, homogeneous, naive
     link_gbps: float = 100.0  # capacity of the PrfaaS -> PD link (utilization = measured egress / this)
     prfaas_queue_limit: int = 4  # per PrfaaS prefill worker: above it t rises / traffic stays local
     replan_period_s: float = 30.0  # long timescale: re-fit profiles and re-plan t; 0 disables
-    auth_token: str = ""  # clients must send `authorization: Bearer <token>` (prefer PRFAAS_AUTH_TOKEN to the flag)
+    # Clients must send `authorization: Bearer <token>` (prefer PRFAAS_AUTH_TOKEN to the flag); not in repr().
+    auth_token: str = field(default="", repr=False)
     # A decode worker takes new requests while fewer than this x its slots are registered there (decoding,
     # or being prefilled for it); when none does, requests get RESOURCE_EXHAUSTED before any prefill work.
     decode_queue_factor: float = 2.0
     max_inflight_requests: int = 1024  # Generate calls beyond this get RESOURCE_EXHAUSTED + retry-after-ms
     retry_after_ms: int = 1000  # the retry hint sent with RESOURCE_EXHAUSTED
-    tls_cert: str = ""  # PEM certificate chain: serves this port and is presented to the services it calls
-    tls_key: str = ""  # PEM private key of tls_cert
-    tls_ca: str = ""  # PEM CA that signs the other services' (and, with tls_client_auth, the clients') certificates
-    tls_client_auth: bool = False  # mutual TLS: refuse clients without a certificate signed by tls_ca
 
     def __post_init__(self) -> None:
-        service_tls(self)
+        super().__post_init__()
         if self.max_inflight_requests < 1 or self.retry_after_ms < 0:
             raise ValueError("max_inflight_requests must be >= 1 and retry_after_ms >= 0")
         if self.decode_queue_factor < 1:
@@ -64,6 +61,8 @@ class RouterSettings:
             raise ValueError("at least one prefill worker is required (--pd-prefill or --prfaas-prefill)")
         if self.max_attempts < 1 or self.liveness_timeout_s <= 0 or self.health_interval_s <= 0:
             raise ValueError("max_attempts must be >= 1, liveness_timeout_s and health_interval_s positive")
+        if self.probe_timeout_s <= 0 or self.prefix_copy_timeout_s <= 0:
+            raise ValueError("probe_timeout_s and prefix_copy_timeout_s must be positive")
         if self.token_stall_timeout_s <= 0:
             raise ValueError("token_stall_timeout_s must be positive (seconds between two tokens of a stream)")
         if self.threshold_tokens < 0:

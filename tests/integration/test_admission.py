@@ -117,7 +117,7 @@ async def test_a_finished_prefill_waits_for_room_on_a_full_decode_worker() -> No
             rest = await asyncio.gather(*(client.generate(p, short) for p in prompts[1:]))
             done = await first
         decode = stack.servers["decode-0"].servicer
-        assert decode.pending == {}  # type: ignore[attr-defined]
+        assert decode.receiver.pending == {}  # type: ignore[attr-defined]
     assert len(done.token_ids) == 48 and [len(r.token_ids) for r in rest] == [4, 4]
 
     async with (

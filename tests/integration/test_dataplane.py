@@ -96,7 +96,7 @@ async def test_data_plane_and_in_band_carry_the_same_state(num_streams: int) -> 
     for data_plane in (TCP, None):
         async with decode_worker(credit_window_bytes=8192) as worker:
             runs[data_plane is not None] = await transfer(worker, ids, data_plane, num_streams)
-            accepted = _servicer(worker).data.num_accepted  # type: ignore[union-attr]
+            accepted = _servicer(worker).receiver.data.num_accepted  # type: ignore[union-attr]
             assert accepted == (num_streams if data_plane else 0)
     (tcp_tokens, tcp), (grpc_tokens, grpc) = runs[True], runs[False]
     assert tcp_tokens == grpc_tokens == expected
@@ -108,7 +108,7 @@ async def test_data_plane_and_in_band_carry_the_same_state(num_streams: int) -> 
 async def test_a_receiver_without_a_data_plane_gets_the_chunks_in_band() -> None:
     ids = prompt(100, 12)
     async with decode_worker() as worker:
-        _servicer(worker).data = None
+        _servicer(worker).receiver.data = None
         tokens, stats = await transfer(worker, ids, TCP)
     assert tokens == offline([ids])[0] and stats.transport == "grpc"
 
@@ -167,7 +167,7 @@ async def test_a_dropped_data_connection_fails_the_transfer_and_frees_its_blocks
                 await send(chan, ids, TCP, num_streams)
             assert 4 <= sent <= 4 + num_streams - 1  # other streams may have one send under way when it breaks
             # still registered with Decode, yet nothing half-imported holds blocks
-            assert "r" in _servicer(worker).pending
+            assert "r" in _servicer(worker).receiver.pending
             assert await _settled(worker, baseline) == baseline
 
 

@@ -78,7 +78,7 @@ async def test_both_kv_transports_give_the_same_tokens(kv_transport: str) -> Non
         prefill = st.servers["prefill-prfaas"].servicer
         prefill.settings = dataclasses.replace(prefill.settings, kv_transport=kv_transport)  # type: ignore[attr-defined]
         got, route = await collect(st.router, request(long_))
-        data_connections = st.servers["decode-0"].servicer.data.num_accepted  # type: ignore[attr-defined]
+        data_connections = st.servers["decode-0"].servicer.receiver.data.num_accepted  # type: ignore[attr-defined]
     assert got == expected[0] and route.route == common_pb2.ROUTE_PRFAAS
     assert data_connections == (2 if kv_transport == "tcp" else 0)  # tcp: one data connection per stream
 

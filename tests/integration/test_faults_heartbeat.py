@@ -67,10 +67,10 @@ async def test_a_silent_path_breaks_a_waiting_call_on_both_ends_within_the_keepa
                 decode_pb2.DecodeRequest(request_id="waiting", token_ids=[1, 2, 3], sampling=sampling), timeout=120
             )
             for _ in range(200):  # registered: the call now waits for a KV transfer that will not come
-                if "waiting" in servicer.pending:
+                if "waiting" in servicer.receiver.pending:
                     break
                 await asyncio.sleep(0.02)
-            assert "waiting" in servicer.pending
+            assert "waiting" in servicer.receiver.pending
             proxy.freeze()
             started = time.monotonic()
             try:
@@ -80,11 +80,11 @@ async def test_a_silent_path_breaks_a_waiting_call_on_both_ends_within_the_keepa
                 client_s = time.monotonic() - started
                 assert err.code() == grpc.StatusCode.UNAVAILABLE
             limit_s = 2 * (KEEPALIVE_MS + KEEPALIVE_TIMEOUT_MS) / 1000
-            while "waiting" in servicer.pending and time.monotonic() - started < limit_s:
+            while "waiting" in servicer.receiver.pending and time.monotonic() - started < limit_s:
                 await asyncio.sleep(0.1)
             server_s = time.monotonic() - started
         assert client_s < limit_s  # not the call's 120 s deadline
-        assert "waiting" not in servicer.pending and server_s < limit_s  # the server side let go as well
+        assert "waiting" not in servicer.receiver.pending and server_s < limit_s  # the server side let go as well
     finally:
         with contextlib.suppress(Exception):
             await proxy.close()

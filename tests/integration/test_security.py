@@ -67,7 +67,7 @@ async def test_every_hop_on_mutual_tls_serves_both_routes(pki: Pki, capsys: pyte
             with pytest.raises(UnavailableError):
                 await client.generate(short, sampling)
         decoder = next(srv.servicer for name, srv in stack.servers.items() if name.startswith("decode"))
-        data_connections = decoder.data.num_accepted  # type: ignore[union-attr]
+        data_connections = decoder.receiver.data.num_accepted  # type: ignore[union-attr]
         capsys.readouterr()
         flags = ["--tls-ca", pki.client.ca_file, "--tls-cert", pki.client.cert_file, "--tls-key", pki.client.key_file]
         argv = ["generate", "--router", router, "--token-ids", ",".join(map(str, short)), "--max-new-tokens", "6"]

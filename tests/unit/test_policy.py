@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from prfaas.sched.policy import (
-    LOCAL,
+    PD,
     POLICIES,
     PRFAAS,
     AdaptivePolicy,
@@ -74,18 +74,18 @@ def test_scarce_offloads_when_pd_increment_exceeds_t() -> None:
 
 def test_scarce_keeps_local_at_or_below_t() -> None:
     d = scarce_rule(RequestView(15_000, cached_pd_tokens=5_000, cached_prfaas_tokens=14_000), T)
-    assert (d.route, d.incremental_tokens, d.cache_cluster, d.move_prefix) == (LOCAL, 10_000, LOCAL, False)
+    assert (d.route, d.incremental_tokens, d.cache_cluster, d.move_prefix) == (PD, 10_000, PD, False)
 
 
 # -- the bandwidth-abundant rule ----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("pd", "prfaas", "prompt", "route", "incremental", "holder", "move"),
     [
-        (8_000, 2_000, 15_000, LOCAL, 7_000, LOCAL, False),  # PD holds the longer prefix and computes
-        (8_000, 2_000, 30_000, PRFAAS, 22_000, LOCAL, True),  # PD's prefix moves to PrfaaS
+        (8_000, 2_000, 15_000, PD, 7_000, PD, False),  # PD holds the longer prefix and computes
+        (8_000, 2_000, 30_000, PRFAAS, 22_000, PD, True),  # PD's prefix moves to PrfaaS
         (2_000, 8_000, 30_000, PRFAAS, 22_000, PRFAAS, False),  # PrfaaS holds it and computes
-        (2_000, 8_000, 15_000, LOCAL, 7_000, PRFAAS, True),  # PrfaaS's prefix moves to PD
-        (4_000, 4_000, 30_000, PRFAAS, 26_000, LOCAL, False),  # equal prefixes: nothing to move
+        (2_000, 8_000, 15_000, PD, 7_000, PRFAAS, True),  # PrfaaS's prefix moves to PD
+        (4_000, 4_000, 30_000, PRFAAS, 26_000, PD, False),  # equal prefixes: nothing to move
     ],
 )
 def test_abundant_rule_uses_the_longer_prefix(
@@ -99,13 +99,13 @@ def test_abundant_rule_uses_the_longer_prefix(
 # -- the adaptive policy: fallbacks and modes ---------------------------------------------------------------------
 def test_unavailable_prfaas_routes_local() -> None:
     d = make_policy("prfaas", T).route(RequestView(90_000), state(prfaas_available=False))
-    assert (d.route, d.reason, d.incremental_tokens) == (LOCAL, "PrfaaS unavailable", 90_000)
+    assert (d.route, d.reason, d.incremental_tokens) == (PD, "PrfaaS unavailable", 90_000)
 
 
 def test_overloaded_prfaas_routes_local_only_if_pd_has_headroom() -> None:
     policy = make_policy("prfaas", T)
     d = policy.route(RequestView(90_000), state(prfaas_queue_depth=16))
-    assert (d.route, d.reason) == (LOCAL, "PrfaaS overloaded: queue 16")
+    assert (d.route, d.reason) == (PD, "PrfaaS overloaded: queue 16")
     busy_pd = policy.route(RequestView(90_000), state(prfaas_queue_depth=16, pd_queue_depth=6))
     assert busy_pd.route == PRFAAS
 
@@ -119,11 +119,11 @@ def test_mode_hysteresis_between_abundant_and_scarce() -> None:
         decision = policy.route(req, state(egress_utilization=util))
         modes.append((policy.mode, decision.route, decision.move_prefix))
     assert modes == [
-        ("abundant", LOCAL, True),
-        ("abundant", LOCAL, True),  # 0.5 is between the thresholds: the mode holds
+        ("abundant", PD, True),
+        ("abundant", PD, True),  # 0.5 is between the thresholds: the mode holds
         ("scarce", PRFAAS, False),
         ("scarce", PRFAAS, False),
-        ("abundant", LOCAL, True),
+        ("abundant", PD, True),
     ]
 
 
@@ -222,16 +222,16 @@ def test_static_t_never_changes_t(paper_sample: list[float]) -> None:
     policy.route(RequestView(1), state(egress_utilization=1.0, prfaas_queue_depth=80))
     policy.update(observation(paper_sample, link_gbps=10.0))
     assert (policy.threshold_tokens, policy.recommended_split) == (T, Split(3, 5))
-    assert policy.route(RequestView(90_000), state(prfaas_available=False)).route == LOCAL
+    assert policy.route(RequestView(90_000), state(prfaas_available=False)).route == PD
 
 
-@pytest.mark.parametrize(("name", "route", "t"), [("homogeneous", LOCAL, math.inf), ("naive", PRFAAS, -math.inf)])
+@pytest.mark.parametrize(("name", "route", "t"), [("homogeneous", PD, math.inf), ("naive", PRFAAS, -math.inf)])
 def test_fixed_route_baselines(name: str, route: str, t: float) -> None:
     policy = make_policy(name, T)
     d = policy.route(RequestView(5_000, cached_pd_tokens=1_000, cached_prfaas_tokens=3_000), state())
     assert (d.route, d.incremental_tokens, d.threshold_tokens) == (
         route,
-        5_000 - (1_000 if route == LOCAL else 3_000),
+        5_000 - (1_000 if route == PD else 3_000),
         t,
     )
     assert (policy.threshold_tokens, policy.recommended_split, policy.name) == (t, None, name)

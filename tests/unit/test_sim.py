@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from prfaas.sched.planner import Plan, paper_scenario, plan, search
-from prfaas.sched.policy import LOCAL, PRFAAS, AdaptivePolicy, Split, make_policy
+from prfaas.sched.policy import PD, PRFAAS, AdaptivePolicy, Split, make_policy
 from prfaas.sched.profile import DecodeCapacity, HardwareProfile, LinearKvSize, QuadraticPrefillTime
 from prfaas.sched.scenario import paper_workload
 from prfaas.sched.trace import MooncakeTrace, load_mooncake_trace
@@ -41,7 +41,7 @@ def test_local_prefill_then_decode_batching_timeline() -> None:
     """Three requests prefill in parallel (1 s); the 2-slot decoder takes two at 1 s (10 steps -> 2 s), the
     third waits for a slot and joins at 2 s."""
     sim = toy_run("homogeneous", 0, Split(3, 1), [Arrival(0.0, 1000, 10) for _ in range(3)])
-    assert [r.route for r in sim.requests] == [LOCAL] * 3
+    assert [r.route for r in sim.requests] == [PD] * 3
     assert [r.ttft_s for r in sim.requests] == [1.0, 1.0, 1.0]
     assert [r.finish_s for r in sim.requests] == pytest.approx([2.0, 2.0, 3.0])
 
@@ -74,9 +74,9 @@ def test_abundant_rule_moves_the_longer_prefix_before_prefill() -> None:
     sim.run()
     req = sim.requests[0]
     assert req.decision is not None and req.decision.move_prefix
-    assert (req.route, req.moved_tokens, req.computed_tokens) == (LOCAL, 2048, 52)
+    assert (req.route, req.moved_tokens, req.computed_tokens) == (PD, 2048, 52)
     assert req.prefill_start_s == pytest.approx(2.0)  # after 2 GB at 1 GB/s
-    assert sim.caches[LOCAL].match_blocks(keys) == 4
+    assert sim.caches[PD].match_blocks(keys) == 4
 
 
 def test_role_changes_drain_then_convert_without_losing_requests() -> None:

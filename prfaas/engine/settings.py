@@ -1,28 +1,31 @@
-"""Building an engine from settings: the real torch model or the profile-driven mock."""
+"""An engine's settings, and building the engine from them: the real torch model or the profile-driven mock."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
-from prfaas.engine.engine import Engine, EngineConfig
+from prfaas.kv.prefix import DEFAULT_BLOCK_SIZE
 from prfaas.model.tiny import TINY_NAME
+
+if TYPE_CHECKING:
+    from prfaas.engine.engine import Engine, EngineConfig
 
 ENGINE_KINDS = ("real", "mock")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class EngineSettings:
+    """The engine a worker runs (flags `--engine`, `--model`, `--block-size`, ...)."""
+
     model: str = TINY_NAME
     engine: str = "real"
-    block_size: int = 64
+    block_size: int = DEFAULT_BLOCK_SIZE  # tokens per KV block: every worker and the router must agree
     num_blocks: int = 2048
     max_seqs: int = 32
     max_prefill_tokens: int = 2048
     snapshot_every_blocks: int = 1  # linear-state snapshots every N block boundaries
     threads: int = 1
-    metrics_port: int | None = None  # serve Prometheus /metrics here (0 = any free port)
     mock_role: str = "pd"  # which paper profile the mock follows: "prfaas" (H200) or "pd" (H20)
     time_scale: float = 0.01
     bytes_scale: float = 0.01
@@ -36,6 +39,8 @@ class EngineSettings:
             raise ValueError("threads must be >= 1")
 
     def engine_config(self) -> EngineConfig:
+        from prfaas.engine.engine import EngineConfig
+
         return EngineConfig(
             block_size=self.block_size,
             num_blocks=self.num_blocks,
@@ -46,6 +51,10 @@ class EngineSettings:
 
 
 def build_engine(s: EngineSettings) -> Engine:
+    import torch
+
+    from prfaas.engine.engine import Engine
+
     torch.set_num_threads(s.threads)
     if s.engine == "mock":
         from prfaas.model.mock import MockModel, paper_mock
