@@ -49,6 +49,10 @@ CHANNEL_OPTIONS = [
 Registrar = Callable[[grpc.aio.Server], None]
 
 
+class StartupError(RuntimeError):
+    """A service cannot start as configured; the message says what to fix."""
+
+
 @dataclass(slots=True)
 class RunningServer:
     server: grpc.aio.Server
@@ -152,6 +156,9 @@ def run_service(
     provider = setup_tracing(f"prfaas-{name.replace(' ', '-')}")
     try:
         uvloop.run(serve_until_signal(lambda: build(settings), name))
+    except StartupError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
     finally:
         if provider is not None:
             provider.shutdown()  # flush the last spans

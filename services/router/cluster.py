@@ -15,8 +15,6 @@ from prfaas.service.tls import TlsSettings
 from prfaas.v1 import cachepool_pb2, cachepool_pb2_grpc, prefill_pb2, prefill_pb2_grpc
 from services.router.health import Health
 
-PROBE_TIMEOUT_S = 2.0
-
 
 @dataclass(frozen=True, slots=True)
 class PrefillView:
@@ -39,8 +37,11 @@ class Cluster:
         members: Callable[[], Sequence[str]] | None = None,
         tls: TlsSettings | None = None,
         health: Health | None = None,
+        probe_timeout_s: float = 2.0,
+        copy_timeout_s: float = 30.0,
     ) -> None:
         self.name = name
+        self.probe_timeout_s, self.copy_timeout_s = probe_timeout_s, copy_timeout_s
         self.health = health or Health(1.0, tls)
         self.pool_address = pool
         self.prefill = {a: prefill_pb2_grpc.PrefillServiceStub(channel(a, tls)) for a in prefill}
@@ -54,7 +55,7 @@ class Cluster:
             tenant_id=tenant, block_hashes=hashes, prompt_tokens=prompt_tokens, block_size=block_size
         )
         try:
-            return int((await self.pool.LookupPrefix(req, timeout=PROBE_TIMEOUT_S)).num_tokens)
+            return int((await self.pool.LookupPrefix(req, timeout=self.probe_timeout_s)).num_tokens)
         except grpc.aio.AioRpcError as exc:
             self.health.mark_down(self.pool_address, f"cache pool lookup: {exc.code().name}")
             return 0  # a pool that is down means no cache, not a failed request
@@ -63,7 +64,7 @@ class Cluster:
         """Load and recent measurements of every prefill worker that answers."""
 
         async def probe(addr: str) -> PrefillView:
-            resp = await self.prefill[addr].GetLoad(prefill_pb2.GetLoadRequest(), timeout=PROBE_TIMEOUT_S)
+            resp = await self.prefill[addr].GetLoad(prefill_pb2.GetLoadRequest(), timeout=self.probe_timeout_s)
             samples = tuple(PrefillSample(s.tokens, s.seconds, s.kv_bytes) for s in resp.samples)
             return PrefillView(WorkerView(addr, resp.queue_depth), samples)
 
@@ -80,10 +81,10 @@ class Cluster:
             return 0
         try:
             got = self.pool.GetBlocks(
-                cachepool_pb2.GetBlocksRequest(tenant_id=tenant, block_hashes=hashes), timeout=30.0
+                cachepool_pb2.GetBlocksRequest(tenant_id=tenant, block_hashes=hashes), timeout=self.copy_timeout_s
             )
             blocks = [r.block async for r in got]
             puts = (cachepool_pb2.PutBlocksRequest(tenant_id=tenant, block=b) for b in blocks)
-            return int((await other.pool.PutBlocks(puts, timeout=30.0)).stored_bytes)
+            return int((await other.pool.PutBlocks(puts, timeout=self.copy_timeout_s)).stored_bytes)
         except grpc.aio.AioRpcError:
             return 0

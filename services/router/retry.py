@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 import grpc
 
-from prfaas.v1 import common_pb2, decode_pb2, prefill_pb2
+from prfaas.engine.validation import DEFAULT_MAX_NEW_TOKENS
+from prfaas.v1 import common_pb2
 
-PREFILL, DECODE = "prefill", "decode"
+PREFILL_STAGE, DECODE_STAGE = "prefill", "decode"  # which call of an attempt failed
 
 # A worker or the path to it failed; the request itself is fine and may be served elsewhere.
 RETRYABLE = frozenset(
@@ -43,7 +42,7 @@ class Failure:
         KV lease that expired), not a dead worker."""
         if self.code not in RETRYABLE or self.code == grpc.StatusCode.ABORTED:
             return False
-        return not (self.stage == PREFILL and self.details.startswith(TRANSFER_FAILED))
+        return not (self.stage == PREFILL_STAGE and self.details.startswith(TRANSFER_FAILED))
 
 
 class AttemptFailed(Exception):
@@ -87,74 +86,10 @@ def resumed(
     sequence, `prfaas.engine.sampling`)."""
     left = common_pb2.SamplingParams()
     left.CopyFrom(sampling)
-    left.max_new_tokens = (sampling.max_new_tokens or 32) - len(generated)
+    left.max_new_tokens = (sampling.max_new_tokens or DEFAULT_MAX_NEW_TOKENS) - len(generated)
     return [*prompt, *generated], left
-
-
-async def race(
-    decode_call: grpc.aio.UnaryStreamCall,
-    prefill: asyncio.Future[prefill_pb2.PrefillResponse],
-    decoder: str,
-    prefill_worker: str,
-    decoder_gone: Awaitable[None],
-    liveness_timeout_s: float,
-    stall_timeout_s: float,
-) -> AsyncIterator[decode_pb2.DecodeResponse]:
-    """Decode responses, failing fast if the prefill fails before the first token arrives, if the decode
-    worker answers no health check for `liveness_timeout_s` (`decoder_gone` completes: dead, hung or cut
-    off), or if its stream, once generating, brings no token for `stall_timeout_s` (every running sequence
-    gets a token per decode step, so such a gap is a stuck request, not a busy worker); every failure comes
-    out as `AttemptFailed` naming the call and worker that failed."""
-    gone = asyncio.ensure_future(decoder_gone)
-    gone.add_done_callback(lambda f: f.cancelled() or decode_call.cancel())
-    it = decode_call.__aiter__()
-    first = asyncio.ensure_future(it.__anext__())
-    try:
-        await asyncio.wait([first, prefill], return_when=asyncio.FIRST_COMPLETED)
-        if prefill.done() and not first.done() and isinstance(prefill.exception(), grpc.aio.AioRpcError):
-            first.cancel()
-            raise AttemptFailed.of(PREFILL, prefill_worker, prefill.exception())
-        yield await first
-        while True:
-            try:
-                async with asyncio.timeout(stall_timeout_s):
-                    resp = await it.__anext__()
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                stalled = f"decode stream brought no token for {stall_timeout_s:g}s"
-                raise AttemptFailed.of(DECODE, decoder, rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, stalled)) from None
-            yield resp
-    except grpc.aio.AioRpcError as exc:
-        raise AttemptFailed.of(DECODE, decoder, exc) from exc
-    except asyncio.CancelledError:
-        if not gone.done() or gone.cancelled():
-            raise  # the attempt itself is being cancelled
-        silent = f"decode worker answered no health check for {liveness_timeout_s:g}s"
-        raise AttemptFailed.of(DECODE, decoder, rpc_error(grpc.StatusCode.UNAVAILABLE, silent)) from None
-    finally:
-        gone.cancel()
 
 
 def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
     """A status raised by the router itself, shaped like a worker's."""
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
-
-
-async def while_alive(
-    call: Awaitable[prefill_pb2.PrefillResponse], worker_gone: Awaitable[None], liveness_timeout_s: float
-) -> prefill_pb2.PrefillResponse:
-    """The prefill's answer, or UNAVAILABLE once its worker has answered no health check for
-    `liveness_timeout_s` (`worker_gone` completes: dead, hung, or cut off by the link): a busy worker keeps
-    the request."""
-    answer = asyncio.ensure_future(call)
-    gone = asyncio.ensure_future(worker_gone)
-    try:
-        await asyncio.wait([answer, gone], return_when=asyncio.FIRST_COMPLETED)
-        if answer.done():
-            return answer.result()
-        silent = f"prefill worker answered no health check for {liveness_timeout_s:g}s"
-        raise rpc_error(grpc.StatusCode.UNAVAILABLE, silent)
-    finally:
-        answer.cancel()
-        gone.cancel()

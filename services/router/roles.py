@@ -16,7 +16,7 @@ from prfaas.sched.policy import Split
 from prfaas.telemetry.metrics import ROLE_SWITCHES
 
 log = logging.getLogger(__name__)
-PREFILL, DECODE, DRAINING = "prefill", "decode", "draining"
+PREFILL_ROLE, DECODE_ROLE, DRAINING = "prefill", "decode", "draining"
 Probe = Callable[[str], Awaitable[int]]  # in-flight work of the old role on a worker
 
 
@@ -24,20 +24,20 @@ class RoleTable:
     def __init__(self, prefill: Sequence[str], decode: Sequence[str], dual: Sequence[str], dual_prefill: int) -> None:
         if not 0 <= dual_prefill <= len(dual):
             raise ValueError(f"pd_prefill_workers must be in 0..{len(dual)}")
-        self.fixed = {**dict.fromkeys(prefill, PREFILL), **dict.fromkeys(decode, DECODE)}
-        self.dual = {a: PREFILL if i < dual_prefill else DECODE for i, a in enumerate(dual)}
+        self.fixed = {**dict.fromkeys(prefill, PREFILL_ROLE), **dict.fromkeys(decode, DECODE_ROLE)}
+        self.dual = {a: PREFILL_ROLE if i < dual_prefill else DECODE_ROLE for i, a in enumerate(dual)}
         self.switches = 0
 
     def members(self, role: str) -> list[str]:
         return [a for a, r in (*self.fixed.items(), *self.dual.items()) if r == role]
 
     def split(self) -> Split:
-        return Split(len(self.members(PREFILL)), len(self.members(DECODE)))
+        return Split(len(self.members(PREFILL_ROLE)), len(self.members(DECODE_ROLE)))
 
     async def rebalance(self, target: Split, probes: Mapping[str, Probe], drain_timeout_s: float) -> int:
         """Convert dual-role workers until the split matches `target` as far as they allow."""
         delta = target.n_prefill - self.split().n_prefill
-        old, new = (DECODE, PREFILL) if delta > 0 else (PREFILL, DECODE)
+        old, new = (DECODE_ROLE, PREFILL_ROLE) if delta > 0 else (PREFILL_ROLE, DECODE_ROLE)
         candidates = [a for a, r in self.dual.items() if r == old][: abs(delta)]
         if len(self.members(old)) - len(candidates) < 1:
             candidates = candidates[:-1]  # never leave a role empty

@@ -13,7 +13,8 @@ from prfaas.bench.soak import SoakSpec, account, blame
 from prfaas.service.convert import check_request_id
 from prfaas.v1 import common_pb2, decode_pb2, prefill_pb2
 from services.router.health import Health
-from services.router.retry import DECODE, PREFILL, AttemptFailed, Failure, attempt_id, race, resumed, should_retry
+from services.router.liveness import race
+from services.router.retry import DECODE_STAGE, PREFILL_STAGE, AttemptFailed, Failure, attempt_id, resumed, should_retry
 
 UNAVAILABLE, DEADLINE = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED
 
@@ -31,16 +32,16 @@ UNAVAILABLE, DEADLINE = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EX
     ],
 )
 def test_should_retry(code: grpc.StatusCode, attempt: int, remaining_s: float, expected: bool) -> None:
-    assert should_retry(Failure(PREFILL, "w:1", code, ""), attempt, 3, remaining_s) is expected
+    assert should_retry(Failure(PREFILL_STAGE, "w:1", code, ""), attempt, 3, remaining_s) is expected
 
 
 def test_which_failures_mark_the_worker_down() -> None:
-    assert Failure(PREFILL, "p:1", UNAVAILABLE, "failed to connect").worker_down
-    assert Failure(DECODE, "d:1", UNAVAILABLE, "Socket closed").worker_down
-    assert Failure(PREFILL, "p:1", DEADLINE, "Deadline Exceeded").worker_down
-    assert not Failure(PREFILL, "p:1", UNAVAILABLE, "KV transfer to d:1 failed: reset").worker_down
-    assert not Failure(DECODE, "d:1", grpc.StatusCode.ABORTED, "KV lease expired").worker_down
-    assert not Failure(DECODE, "d:1", grpc.StatusCode.INVALID_ARGUMENT, "bad").worker_down
+    assert Failure(PREFILL_STAGE, "p:1", UNAVAILABLE, "failed to connect").worker_down
+    assert Failure(DECODE_STAGE, "d:1", UNAVAILABLE, "Socket closed").worker_down
+    assert Failure(PREFILL_STAGE, "p:1", DEADLINE, "Deadline Exceeded").worker_down
+    assert not Failure(PREFILL_STAGE, "p:1", UNAVAILABLE, "KV transfer to d:1 failed: reset").worker_down
+    assert not Failure(DECODE_STAGE, "d:1", grpc.StatusCode.ABORTED, "KV lease expired").worker_down
+    assert not Failure(DECODE_STAGE, "d:1", grpc.StatusCode.INVALID_ARGUMENT, "bad").worker_down
 
 
 def test_attempt_ids_are_distinct_and_valid() -> None:
@@ -142,5 +143,5 @@ async def test_a_stream_that_stops_bringing_tokens_fails_its_attempt() -> None:
             received.extend(resp.token_ids)
     assert received == [0, 1, 2]
     failure = err.value.failure
-    assert (failure.stage, failure.address, failure.code) == (DECODE, "d:1", grpc.StatusCode.DEADLINE_EXCEEDED)
+    assert (failure.stage, failure.address, failure.code) == (DECODE_STAGE, "d:1", grpc.StatusCode.DEADLINE_EXCEEDED)
     assert "no token for 0.2s" in failure.details and should_retry(failure, 0, 3, 10.0)
