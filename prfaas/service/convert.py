@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from prfaas.engine.sampling import SamplingParams
+from prfaas.engine.validation import DEFAULT_MAX_NEW_TOKENS
 from prfaas.v1 import common_pb2
 
 _TENANT = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -15,7 +16,7 @@ _FINISH = {"stop": common_pb2.FINISH_REASON_STOP, "length": common_pb2.FINISH_RE
 def sampling_from_pb(msg: common_pb2.SamplingParams) -> SamplingParams:
     """Raises ValueError with a message naming the bad field."""
     return SamplingParams(
-        max_new_tokens=msg.max_new_tokens or 32,
+        max_new_tokens=msg.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
         temperature=msg.temperature,
         top_p=msg.top_p or 1.0,
         seed=msg.seed,

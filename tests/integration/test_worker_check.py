@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 
 from prfaas.engine.async_engine import AsyncEngine
-from prfaas.service.grpc_server import StartupError, channel
+from prfaas.service.grpc_server import RunningServer, StartupError, channel
 from prfaas.v1 import common_pb2, decode_pb2_grpc, prefill_pb2_grpc
 from services.decode.server import build_server as build_decode
 from services.decode.settings import DecodeSettings
@@ -22,6 +24,19 @@ from services.router.settings import RouterSettings
 from services.router.worker_check import check_workers
 
 ENGINE = dict(block_size=16, max_prefill_tokens=64, num_blocks=128)
+Started = tuple[RunningServer, Callable[[], Awaitable[None]]]
+
+
+@asynccontextmanager
+async def serving(*starting: Awaitable[Started]) -> AsyncIterator[list[str]]:
+    """Start servers; yield their addresses; stop them."""
+    started = [await s for s in starting]
+    try:
+        yield [f"127.0.0.1:{srv.port}" for srv, _ in started]
+    finally:
+        for srv, cleanup in started:
+            await srv.stop(0.1)
+            await cleanup()
 
 
 async def test_workers_report_block_size_fingerprint_and_slots() -> None:
@@ -47,55 +62,34 @@ async def test_workers_report_block_size_fingerprint_and_slots() -> None:
 
 
 async def test_router_refuses_a_block_size_its_workers_do_not_use() -> None:
-    decode = await build_decode(DecodeSettings(**ENGINE))  # type: ignore[arg-type]
-    prefill = await build_prefill(PrefillSettings(**ENGINE))  # type: ignore[arg-type]
-    addresses = dict(decode=f"127.0.0.1:{decode[0].port}", pd_prefill=f"127.0.0.1:{prefill[0].port}")
-    try:
+    starting = build_decode(DecodeSettings(**ENGINE)), build_prefill(PrefillSettings(**ENGINE))  # type: ignore[arg-type]
+    async with serving(*starting) as (decode, prefill):
         with pytest.raises(StartupError, match=r"blocks of 64 tokens but worker .* has 16.*same --block-size"):
-            await build_router(RouterSettings(block_size=64, **addresses))
-        router, cleanup = await build_router(RouterSettings(block_size=16, **addresses))  # agreeing: starts
-        await router.stop(0.1)
-        await cleanup()
-    finally:
-        for srv, stop in (decode, prefill):
-            await srv.stop(0.1)
-            await stop()
+            await build_router(RouterSettings(block_size=64, decode=decode, pd_prefill=prefill))
+        async with serving(build_router(RouterSettings(block_size=16, decode=decode, pd_prefill=prefill))):
+            pass  # agreeing: starts
 
 
 async def test_router_refuses_workers_with_different_layouts() -> None:
-    real = await build_decode(DecodeSettings(**ENGINE))  # type: ignore[arg-type]
-    mock = await build_prefill(PrefillSettings(engine="mock", **ENGINE))  # type: ignore[arg-type]
-    try:
-        with pytest.raises(StartupError, match="different engine layouts.*same --model, --engine"):
-            await check_workers([f"127.0.0.1:{mock[0].port}"], [f"127.0.0.1:{real[0].port}"], 16, None, 5.0)
-    finally:
-        for srv, stop in (real, mock):
-            await srv.stop(0.1)
-            await stop()
+    real = build_decode(DecodeSettings(**ENGINE))  # type: ignore[arg-type]
+    mock = build_prefill(PrefillSettings(engine="mock", **ENGINE))  # type: ignore[arg-type]
+    async with serving(real, mock) as (decode, prefill):
+        with pytest.raises(StartupError, match=r"different engine layouts.*same --model, --engine"):
+            await check_workers([prefill], [decode], 16, None, 5.0)
 
 
 async def test_a_worker_that_does_not_answer_is_not_checked() -> None:
-    decode = await build_decode(DecodeSettings(**ENGINE))  # type: ignore[arg-type]
-    try:
-        infos = await check_workers(["127.0.0.1:9"], [f"127.0.0.1:{decode[0].port}"], 16, None, 0.5)
-        assert list(infos) == [f"127.0.0.1:{decode[0].port}"]
-    finally:
-        await decode[0].stop(0.1)
-        await decode[1]()
+    async with serving(build_decode(DecodeSettings(**ENGINE))) as (decode,):  # type: ignore[arg-type]
+        assert list(await check_workers(["127.0.0.1:9"], [decode], 16, None, 0.5)) == [decode]
 
 
 async def test_the_router_process_says_what_to_fix_and_exits_2() -> None:
-    decode = await build_decode(DecodeSettings(**ENGINE))  # type: ignore[arg-type]
-    try:
-        argv = ["--decode", f"127.0.0.1:{decode[0].port}", "--pd-prefill", f"127.0.0.1:{decode[0].port}"]
+    async with serving(build_decode(DecodeSettings(**ENGINE))) as (decode,):  # type: ignore[arg-type]
+        argv = ["--decode", decode, "--pd-prefill", decode, "--block-size", "32"]
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.router", *argv, "--block-size", "32", stderr=asyncio.subprocess.PIPE
+            sys.executable, "-m", "services.router", *argv, stderr=asyncio.subprocess.PIPE
         )
         _, err = await asyncio.wait_for(proc.communicate(), 120)
-        assert proc.returncode == 2
-        lines = err.decode().strip().splitlines()
-        assert "Traceback" not in err.decode()
-        assert lines[-1].startswith("python -m services.router: error: block size mismatch")
-    finally:
-        await decode[0].stop(0.1)
-        await decode[1]()
+        assert proc.returncode == 2 and "Traceback" not in err.decode()
+        last = err.decode().strip().splitlines()[-1]
+        assert last.startswith("python -m services.router: error: block size mismatch")
