@@ -199,10 +199,14 @@ def test_link_shaper_sits_between_the_datacenters(raw: dict[str, Any], compose: 
     env = shaper["environment"]
     prfaas_ip, pd_ip = (shaper["networks"][n]["ipv4_address"] for n in ("dc-prfaas", "dc-pd"))
     assert (env["LINK_PRFAAS_IP"], env["LINK_PD_IP"]) == (prfaas_ip, pd_ip)
-    # The router hands these decode addresses to every prefill worker; the shaper forwards each of them,
-    # and in the PrfaaS prefill containers (only there) their names point at the shaper.
+    # The router hands these decode addresses to every prefill worker; the shaper forwards each of them and
+    # each one's KV data port (fixed in its environment), and in the PrfaaS prefill containers (only there)
+    # their names point at the shaper.
     decoders = services["router"]["environment"]["PRFAAS_DECODE"].split(",")
-    assert sorted(env["LINK_FORWARD"].split()) == sorted(decoders)
+    data_ports = [
+        f"{d.split(':')[0]}:{services[d.split(':')[0]]['environment']['PRFAAS_KV_DATA_PORT']}" for d in decoders
+    ]
+    assert sorted(env["LINK_FORWARD"].split()) == sorted(decoders + data_ports)
     for name in PRFAAS_PREFILL:
         assert services[name]["extra_hosts"] == {d.split(":")[0]: prfaas_ip for d in decoders}
     assert not any("extra_hosts" in services[n] for n in services if n not in PRFAAS_PREFILL)
@@ -216,7 +220,7 @@ def test_link_shaper_sits_between_the_datacenters(raw: dict[str, Any], compose: 
 
 def test_link_shaper_script_shapes_both_directions(compose: dict[str, Any], tmp_path: Path) -> None:
     env = dict(compose["services"]["link-shaper"]["environment"])
-    port = env["LINK_FORWARD"].split(":")[1]
+    port = env["LINK_FORWARD"].split()[0].split(":")[1]
     env |= {"LINK_FORWARD": f"127.0.0.1:{port}", "LINK_DRY_RUN": "1", "LINK_PRFAAS_IF": "ethP", "LINK_PD_IF": "ethD"}
     env |= {"LINK_READY_FILE": str(tmp_path / "ready"), "PATH": os.environ["PATH"]}
     out = subprocess.run(["sh", str(SHAPER_SCRIPT)], env=env, capture_output=True, text=True, timeout=30)

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from prfaas.cli.stack import LocalStack
 from prfaas.client.errors import UnavailableError
+from prfaas.stack import LocalStack
 from tests.integration.faults import (
     LONG,
     SHORT,
@@ -111,7 +111,8 @@ async def test_cache_pool_down_or_hung_serves_without_cache_and_recovers(
             stack.restart(pool.name)
     assert await wait_metric(stack, "prfaas_backend_up", 1.0, timeout_s=15, address=address) == 1.0
     await run(stack.router, prompt(LONG // 4, 12), tenant="pool")
-    _, again = await run(stack.router, prompt(LONG // 4, 12), tenant="pool-b")
+    # another tenant (new per variant: the stack and its pools outlive one variant) holds nothing of it
+    _, again = await run(stack.router, prompt(LONG // 4, 12), tenant=f"pool-b-{fault.name}")
     assert again is not None and again.route == "prfaas"
     assert await settled(stack, baseline) == baseline
 
