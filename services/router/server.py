@@ -4,10 +4,11 @@ whose worker failed (`retry.py`)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 
 import grpc
@@ -34,6 +35,15 @@ from services.router.settings import RouterSettings, split_addresses
 from services.router.worker_check import check_workers
 
 log = logging.getLogger(__name__)
+
+
+class RouterError(Exception):
+    """A request the router cannot serve: the status its client gets (`code`), the message, and on overload
+    (RESOURCE_EXHAUSTED) how long to wait before retrying."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.code, self.retry_after_ms = code, retry_after_ms
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
@@ -81,44 +91,55 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Generate(
         self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
+        try:
+            async with contextlib.aclosing(self.generate(request, context.time_remaining())) as responses:
+                async for msg in responses:
+                    yield msg
+        except RouterError as exc:
+            if exc.retry_after_ms is not None:
+                await shed(context, str(exc), exc.retry_after_ms)
+            await abort(context, exc.code, str(exc))
+
+    async def generate(
+        self, request: router_pb2.GenerateRequest, time_remaining_s: float | None = None
+    ) -> AsyncGenerator[router_pb2.GenerateResponse, None]:
+        """Serve one request, whichever front it came through: admission (`max_inflight_requests`),
+        validation, attempts. What it cannot serve comes out as `RouterError`."""
         arrival = time.perf_counter()
         if self.inflight >= self.settings.max_inflight_requests:
-            await shed(
-                context,
-                f"router has {self.inflight} requests in flight (max_inflight_requests): retry later",
-                self.settings.retry_after_ms,
-            )
+            busy = f"router has {self.inflight} requests in flight (max_inflight_requests): retry later"
+            raise RouterError(grpc.StatusCode.RESOURCE_EXHAUSTED, busy, self.settings.retry_after_ms)
         self.inflight += 1
         try:
-            async for msg in self._admitted(request, context, arrival):
+            try:
+                prompt = self.prompts.read(request)
+            except BadRequest as exc:
+                raise RouterError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+            timeout = self._timeout(request, time_remaining_s)
+            async for msg in self._served(prompt, request.sampling, timeout, arrival):
                 yield msg
         finally:
             self.inflight -= 1
 
-    async def _admitted(
-        self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext, arrival: float
+    async def _served(
+        self, prompt: Prompt, sampling: common_pb2.SamplingParams, timeout: float, arrival: float
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
+        """`_serve`, with a worker's final status (and its retry hint) as a `RouterError`."""
         try:
-            prompt = self.prompts.read(request)
-        except BadRequest as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        timeout = self._timeout(request, context)
-        try:
-            async for msg in self._serve(prompt, request.sampling, timeout, arrival):
+            async for msg in self._serve(prompt, sampling, timeout, arrival):
                 yield msg
         except grpc.aio.AioRpcError as exc:
             log.warning("request %s failed: %s: %s", prompt.request_id, exc.code().name, exc.details())
-            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:  # a worker's queue is full: pass its hint on
-                await shed(context, f"{exc.details()}", _retry_after_ms(exc, self.settings.retry_after_ms))
-            await abort(context, exc.code(), f"{exc.details()}")
+            overloaded = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # a worker's queue is full: pass its hint on
+            hint = _retry_after_ms(exc, self.settings.retry_after_ms) if overloaded else None
+            raise RouterError(exc.code(), exc.details() or exc.code().name, hint) from exc
 
-    def _timeout(self, request: router_pb2.GenerateRequest, context: grpc.aio.ServicerContext) -> float:
+    def _timeout(self, request: router_pb2.GenerateRequest, time_remaining_s: float | None) -> float:
         limits = [self.settings.request_timeout_s]
         if request.timeout_ms:
             limits.append(request.timeout_ms / 1000)
-        remaining = context.time_remaining()
-        if remaining is not None:
-            limits.append(remaining)
+        if time_remaining_s is not None:
+            limits.append(time_remaining_s)
         return max(0.001, min(limits))
 
     async def _serve(
