@@ -1,16 +1,18 @@
 """Overlap benchmark: how much of a KV transfer layer-wise streaming hides behind the prefill.
 
-A real prefill worker and a real decode worker run in-process on loopback; one long prompt is
-prefilled on the prefill worker and its state streamed to the decode worker. The prefill worker
-reports when the prefill computation ended and when the decode worker acknowledged the complete
-state (`tail_s`), and how many bytes the last layer produced. The target: the tail is at most the
-time to send the last layer's bytes (measured on raw loopback TCP in the same run) plus 20 ms.
+Given a real prefill worker and a real decode worker on loopback (`prfaas bench overlap` starts both
+in-process), one long prompt is prefilled on the prefill worker and its state streamed to the decode
+worker. The prefill worker reports when the prefill computation ended and when the decode worker
+acknowledged the complete state (`tail_s`), and how many bytes the last layer produced. The target: the
+tail is at most the time to send the last layer's bytes (measured on raw loopback TCP in the same run)
+plus 20 ms.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -65,33 +67,13 @@ async def tcp_send_s(num_bytes: int) -> float:
     return elapsed
 
 
-async def run_overlap_bench(prompt_tokens: int = 8192, block_size: int = 64, threads: int = 1) -> OverlapResult:
-    from services.decode.server import build_server as build_decode
-    from services.decode.settings import DecodeSettings
-    from services.prefill.server import build_server as build_prefill
-    from services.prefill.settings import PrefillSettings
-
-    common = dict(block_size=block_size, num_blocks=4 * prompt_tokens // block_size + 64, threads=threads)
-    decode, stop_decode = await build_decode(DecodeSettings(**common))  # type: ignore[arg-type]
-    prefill, stop_prefill = await build_prefill(PrefillSettings(**common))  # type: ignore[arg-type]
-    decode_addr = f"127.0.0.1:{decode.port}"
-    try:
-        ids = torch.randint(0, 256, (prompt_tokens,), generator=torch.Generator().manual_seed(1)).tolist()
-        sampling = common_pb2.SamplingParams(max_new_tokens=2, ignore_eos=True)
-        dec = decode_pb2_grpc.DecodeServiceStub(channel(decode_addr))
-        pre = prefill_pb2_grpc.PrefillServiceStub(channel(f"127.0.0.1:{prefill.port}"))
-        stream = dec.Decode(decode_pb2.DecodeRequest(request_id="overlap", token_ids=ids, sampling=sampling))
-        resp = await pre.Prefill(
-            prefill_pb2.PrefillRequest(
-                request_id="overlap", token_ids=ids, sampling=sampling, decode_address=decode_addr
-            )
-        )
-        async for _ in stream:
-            pass
-    finally:
-        for server, stop in ((prefill, stop_prefill), (decode, stop_decode)):
-            await server.stop(0.5)
-            await stop()
+async def run_overlap_bench(
+    workers: AbstractAsyncContextManager[tuple[str, str]], prompt_tokens: int = 8192
+) -> OverlapResult:
+    """Stream one prompt's state from the prefill to the decode worker of `workers` (which yields their
+    addresses, prefill first, and stops them on exit), then time its last layer on raw TCP once they stopped."""
+    async with workers as (prefill, decode):
+        resp = await _prefill_and_decode(prefill, decode, prompt_tokens)
     send_s = await tcp_send_s(resp.last_layer_bytes)
     budget = send_s + SLACK_S
     return OverlapResult(
@@ -105,6 +87,20 @@ async def run_overlap_bench(prompt_tokens: int = 8192, block_size: int = 64, thr
         budget,
         resp.tail_s <= budget,
     )
+
+
+async def _prefill_and_decode(prefill: str, decode: str, prompt_tokens: int) -> prefill_pb2.PrefillResponse:
+    ids = torch.randint(0, 256, (prompt_tokens,), generator=torch.Generator().manual_seed(1)).tolist()
+    sampling = common_pb2.SamplingParams(max_new_tokens=2, ignore_eos=True)
+    dec = decode_pb2_grpc.DecodeServiceStub(channel(decode))
+    pre = prefill_pb2_grpc.PrefillServiceStub(channel(prefill))
+    stream = dec.Decode(decode_pb2.DecodeRequest(request_id="overlap", token_ids=ids, sampling=sampling))
+    resp = await pre.Prefill(
+        prefill_pb2.PrefillRequest(request_id="overlap", token_ids=ids, sampling=sampling, decode_address=decode)
+    )
+    async for _ in stream:
+        pass
+    return resp
 
 
 def format_overlap(r: OverlapResult) -> str:

@@ -21,12 +21,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from prfaas.bench.load import LoadRequest, RequestRecord, WorkloadSpec, run_load
-from prfaas.cli.stack import LocalStack, Topology
 from prfaas.netem import LinkSpec, parse_link_spec
 from prfaas.netem.shaper import run_command
 from prfaas.sched.planner import evaluate, homogeneous_baseline, naive_baseline
 from prfaas.sched.scenario import Scenario, paper_h20, paper_h200, paper_workload
 from prfaas.sched.workload import split_at
+from prfaas.stack import LocalStack, Topology
 
 SAMPLE_PERIOD_S = 0.5
 _THRESHOLD = re.compile(r"^prfaas_routing_threshold_tokens (\S+)$", re.MULTILINE)

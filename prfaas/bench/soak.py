@@ -22,7 +22,7 @@ import grpc
 
 from prfaas.bench.load import LoadRequest, RequestRecord, WorkloadSpec, build_requests, run_load
 from prfaas.bench.serve import predicted_rps
-from prfaas.cli.stack import LocalStack, Service, Topology
+from prfaas.stack import LocalStack, Service, Topology
 from prfaas.v1 import decode_pb2, decode_pb2_grpc, prefill_pb2, prefill_pb2_grpc
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "soak-mock.json"

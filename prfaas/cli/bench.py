@@ -8,7 +8,7 @@ import json
 import torch
 
 from prfaas.bench.engine import format_table, run_engine_bench
-from prfaas.cli import bench_serve, bench_soak
+from prfaas.cli import bench_overlap, bench_serve, bench_soak
 from prfaas.model.tiny import TINY_NAME, resolve_model
 
 
@@ -36,11 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="print grpc_gbps (as deployed: data plane), inband_gbps, tcp_gbps, ratio, inband_ratio (and the rest)",
     )
     t.set_defaults(run=run_transfer)
-    o = kinds.add_parser("overlap", help="how much of a KV transfer layer-wise streaming hides (real workers)")
-    o.add_argument("--prompt-tokens", type=int, default=8192)
-    o.add_argument("--threads", type=int, default=1, help="torch threads per engine")
-    o.add_argument("--json", action="store_true")
-    o.set_defaults(run=run_overlap)
+    bench_overlap.add_parser(kinds)
     bench_serve.add_parser(kinds)
     bench_soak.add_parser(kinds)
 
@@ -55,16 +51,6 @@ def run_transfer(args: argparse.Namespace) -> int:
         run_transfer_bench(args.total_mib << 20, args.chunk_mib << 20, repeats=args.repeats, num_streams=args.streams)
     )
     print(json.dumps(dataclasses.asdict(result)) if args.json else format_transfer_table(result))
-    return 0
-
-
-def run_overlap(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from prfaas.bench.overlap import format_overlap, run_overlap_bench
-
-    result = asyncio.run(run_overlap_bench(args.prompt_tokens, threads=args.threads))
-    print(json.dumps(result.as_dict()) if args.json else format_overlap(result))
     return 0
 
 

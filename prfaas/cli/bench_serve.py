@@ -8,16 +8,19 @@ import json
 import math
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from prfaas.bench.load import WORKLOADS, WorkloadSpec, build_requests
 from prfaas.bench.serve import LinkEvent, RunResult, policy_topology, predicted_rps, run_policy
 from prfaas.bench.serve_report import ServeSummary, Slo, format_compare, format_summary, plot, summarize
-from prfaas.cli.stack import Topology
+from prfaas.cli.extras import require_plotting
 from prfaas.cli.up import link_from
+from prfaas.netem import LinkSpec
 from prfaas.netem.shaper import LinkError
 from prfaas.sched.policy import POLICIES
 from prfaas.sim.experiment import DEFAULT_TRACE
+from prfaas.stack import Topology
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "serve-mock.json"
 
@@ -52,59 +55,28 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     s.set_defaults(run=run)
 
 
+@dataclass(frozen=True, slots=True)
+class ServePlan:
+    """What the arguments ask for, checked before anything starts."""
+
+    policies: tuple[str, ...]
+    base: Topology
+    link: LinkSpec | None
+    events: tuple[LinkEvent, ...]
+    spec: WorkloadSpec
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        policies = _policies(args.compare or args.policy)
-        overrides = {"engine": args.engine}
-        base = Topology.from_file(args.config, **overrides)
-        link = link_from(args.emulate_link)
-        events = [LinkEvent.parse(e) for e in args.link_event]
-        if events and link is None:
-            raise ValueError("--link-event needs --emulate-link")
-        spec = WorkloadSpec(
-            args.workload,
-            args.rate_rps if args.rate_rps or args.workload == "mooncake" else 1.0,
-            args.duration_s,
-            args.output_tokens,
-            args.length_scale or 1.0 / base.token_scale,
-            args.max_prompt_tokens,
-            args.seed,
-            args.trace,
-        )
-        if not 0 <= args.warmup_s < args.duration_s:
-            raise ValueError("--warmup-s must be >= 0 and below --duration-s")
+        plan = read_plan(args)
     except ValueError as exc:
         print(f"prfaas bench serve: error: {exc}", file=sys.stderr)
         return 2
-    requests = build_requests(spec)
-    slo = Slo(args.slo_ttft_s, args.slo_tpot_s)
-    runs: list[RunResult] = []
-    summaries: list[ServeSummary] = []
-    for policy in policies:
-        topology = policy_topology(base, policy)
-        print(
-            f"{policy}: {len(requests)} requests over {spec.duration_s:g} s on {_describe(topology)}", file=sys.stderr
-        )
-        progress = None if args.quiet else _progress_bar(policy)
-        try:
-            result = run_policy(
-                topology,
-                link,
-                requests,
-                spec,
-                warmup_s=args.warmup_s,
-                events=events,
-                drain_s=args.drain_s,
-                progress=progress,
-            )
-        except LinkError as exc:
-            print(f"prfaas bench serve: error: {exc}", file=sys.stderr)
-            return 2
-        predicted = predicted_rps(base, policy, link, args.output_tokens) if base.engine == "mock" else None
-        runs.append(result)
-        summaries.append(summarize(result, slo, predicted))
-        if not args.json:
-            print(format_summary(summaries[-1]), flush=True)
+    try:
+        runs, summaries = _run_policies(args, plan)
+    except LinkError as exc:
+        print(f"prfaas bench serve: error: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps([s.as_dict() for s in summaries]))
     elif len(summaries) > 1:
@@ -112,6 +84,64 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         _write(args.out, runs, summaries)
     return 0
+
+
+def read_plan(args: argparse.Namespace) -> ServePlan:
+    """The arguments, validated; optional dependencies too (`--out` draws serve.png), so nothing fails
+    after the benchmark ran."""
+    if args.out is not None:
+        require_plotting("--out")
+    policies = _policies(args.compare or args.policy)
+    base = Topology.from_file(args.config, engine=args.engine)
+    link = link_from(args.emulate_link)
+    events = [LinkEvent.parse(e) for e in args.link_event]
+    if events and link is None:
+        raise ValueError("--link-event needs --emulate-link")
+    spec = WorkloadSpec(
+        args.workload,
+        args.rate_rps if args.rate_rps or args.workload == "mooncake" else 1.0,
+        args.duration_s,
+        args.output_tokens,
+        args.length_scale or 1.0 / base.token_scale,
+        args.max_prompt_tokens,
+        args.seed,
+        args.trace,
+    )
+    if not 0 <= args.warmup_s < args.duration_s:
+        raise ValueError("--warmup-s must be >= 0 and below --duration-s")
+    return ServePlan(tuple(policies), base, link, tuple(events), spec)
+
+
+def _run_policies(args: argparse.Namespace, plan: ServePlan) -> tuple[list[RunResult], list[ServeSummary]]:
+    """One run per policy on the same requests, each summary printed as it is ready."""
+    requests = build_requests(plan.spec)
+    slo = Slo(args.slo_ttft_s, args.slo_tpot_s)
+    runs: list[RunResult] = []
+    summaries: list[ServeSummary] = []
+    for policy in plan.policies:
+        topology = policy_topology(plan.base, policy)
+        print(
+            f"{policy}: {len(requests)} requests over {plan.spec.duration_s:g} s on {_describe(topology)}",
+            file=sys.stderr,
+        )
+        progress = None if args.quiet else _progress_bar(policy)
+        result = run_policy(
+            topology,
+            plan.link,
+            requests,
+            plan.spec,
+            warmup_s=args.warmup_s,
+            events=plan.events,
+            drain_s=args.drain_s,
+            progress=progress,
+        )
+        mock = plan.base.engine == "mock"
+        predicted = predicted_rps(plan.base, policy, plan.link, args.output_tokens) if mock else None
+        runs.append(result)
+        summaries.append(summarize(result, slo, predicted))
+        if not args.json:
+            print(format_summary(summaries[-1]), flush=True)
+    return runs, summaries
 
 
 def _policies(text: str) -> list[str]:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from prfaas.bench.soak import DEFAULT_CONFIG, SoakSpec, format_soak, run_soak
-from prfaas.cli.stack import Topology
+from prfaas.stack import Topology
 
 
 def add_parser(kinds: argparse._SubParsersAction) -> None:

@@ -8,15 +8,16 @@ import asyncio
 import sys
 import time
 
-from prfaas.cli.stack import LocalStack
 from prfaas.cli.up import add_topology_args, topology_from
 from prfaas.client import AsyncClient, GenerationResult, PrfaasError, Sampling
+from prfaas.stack import LocalStack
 
 SYSTEM = (
     "You are a careful assistant for a cross-datacenter LLM serving team. Answer with short, "
     "precise sentences and cite the relevant equation of the PrfaaS paper when it applies. "
 )
 DOCUMENT = "Prefill-as-a-Service ships the KV cache of long prompts over commodity Ethernet. " * 8
+THRESHOLD_TOKENS = 256  # the t this workload is written for: its short prompts stay local, its long ones cross
 
 
 def workload() -> list[tuple[str, str]]:
@@ -66,14 +67,14 @@ def format_report(results: list[tuple[str, GenerationResult]], wall_s: float) ->
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="start the default stack, run a mixed workload, print a report, stop")
-    add_topology_args(p)
+    add_topology_args(p, threshold=str(THRESHOLD_TOKENS))
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        topology = topology_from(args)
+        topology = topology_from(args, threshold_tokens=THRESHOLD_TOKENS)
     except ValueError as exc:
         print(f"prfaas demo: error: {exc}", file=sys.stderr)
         return 2

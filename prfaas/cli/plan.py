@@ -53,6 +53,7 @@ import math
 import sys
 from pathlib import Path
 
+from prfaas.cli.extras import require_plotting
 from prfaas.sched.planner import (
     DEFAULT_T_STEP_TOKENS,
     PAPER_TABLE6,
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         scenario = _scenario(args)
         if args.plot is not None:
-            _require_matplotlib()
+            require_plotting("--plot")
         best = search(scenario, args.t_step_tokens)
     except (OSError, ValueError) as exc:
         print(f"prfaas plan: error: {exc}", file=sys.stderr)
@@ -208,13 +209,6 @@ def _table(plan: Plan, homogeneous: OperatingPoint, with_paper: bool, source: st
         f"{label:<{width}}{m:<{value_width}}{p}".rstrip() for label, m, p in zip(LABELS, model, paper, strict=True)
     ]
     return "\n".join(lines)
-
-
-def _require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as exc:
-        raise InputError("--plot needs matplotlib; install it with `pip install 'prfaas[plot]'`") from exc
 
 
 def _finite(values: list[float]) -> list[float]:

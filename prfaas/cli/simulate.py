@@ -20,6 +20,7 @@ import math
 import sys
 from pathlib import Path
 
+from prfaas.cli.extras import require_plotting
 from prfaas.sched.planner import Plan, homogeneous_baseline, naive_baseline, search
 from prfaas.sched.policy import POLICIES
 from prfaas.sched.scenario import Scenario, paper_scenario
@@ -68,11 +69,11 @@ class InputError(ValueError):
 
 def run(args: argparse.Namespace) -> int:
     try:
+        if args.plot is not None:
+            require_plotting("--plot")
         names, scenario, spec = _policies(args.policy), _scenario(args), _workload_spec(args)
         workload = build_workload(spec, scenario, args.seed, _requested_duration(args, spec))
         config = _config(args, _duration(args, spec, workload.span_s))
-        if args.plot is not None:
-            _require_matplotlib()
     except (OSError, ValueError) as exc:
         print(f"prfaas simulate: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -242,13 +243,6 @@ def _ratios(results: dict[str, SimResult]) -> list[str]:
             cells = [f"{n} {r.throughput_rps / ref:.2f}x" for n, r in results.items() if n != base]
             lines.append(f"throughput vs {base}: " + ", ".join(cells))
     return lines
-
-
-def _require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as exc:
-        raise InputError("--plot needs matplotlib; install it with `pip install 'prfaas[plot]'`") from exc
 
 
 def _write_plots(out_dir: Path | None, results: dict[str, SimResult]) -> int:

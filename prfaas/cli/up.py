@@ -8,31 +8,34 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
-from prfaas.cli.stack import LocalStack, Topology
 from prfaas.cli.trace_ui import TraceUiUnavailable, start_trace_ui
 from prfaas.netem import LinkSpec, parse_link_spec
 from prfaas.netem.shaper import LinkError
+from prfaas.stack import LocalStack, Topology
 
 
-def add_topology_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="topology JSON (keys of prfaas.cli.stack.Topology)")
+def add_topology_args(p: argparse.ArgumentParser, threshold: str = "the router's") -> None:
+    p.add_argument("--config", type=Path, help="topology JSON (keys of prfaas.stack.Topology)")
     p.add_argument("--engine", choices=["real", "mock"], help="engine kind for every worker (default real)")
     p.add_argument("--model", help="checkpoint folder or kimi-linear-tiny (default)")
-    p.add_argument("--threshold", type=int, dest="threshold_tokens", help="routing threshold t in tokens")
+    p.add_argument(
+        "--threshold", type=int, dest="threshold_tokens", help=f"routing threshold t in tokens (default: {threshold})"
+    )
     p.add_argument("--router-port", type=int, help="fixed router port (default: any free port)")
 
 
-def topology_from(args: argparse.Namespace) -> Topology:
-    overrides = {
+def topology_from(args: argparse.Namespace, **defaults: Any) -> Topology:
+    """The `--config` file's topology (if any) with the flags on top; `defaults` fill what neither sets."""
+    flags = {
         "engine": args.engine,
         "model": args.model,
         "threshold_tokens": args.threshold_tokens,
         "router_port": args.router_port,
     }
-    if args.config is not None:
-        return Topology.from_file(args.config, **overrides)
-    return Topology(**{k: v for k, v in overrides.items() if v is not None})
+    raw = Topology.read(args.config) if args.config is not None else {}
+    return Topology(**{**defaults, **raw, **{k: v for k, v in flags.items() if v is not None}})
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from prfaas.engine.validation import DEFAULT_MAX_NEW_TOKENS
+
 RouteName = Literal["prfaas", "local", "unspecified"]
 FinishReason = Literal["stop", "length"]
 
@@ -17,7 +19,7 @@ class Sampling:
     `temperature=0` is greedy decoding; equal `seed`s give equal sampled tokens.
     """
 
-    max_new_tokens: int = 32
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0

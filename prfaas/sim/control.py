@@ -5,20 +5,49 @@ routed in the period, the measured link bandwidth, the instance counts and the p
 split it recommends by converting PD instances between prefill and decode (§3.4.3 long timescale). An
 instance being converted first drains: it takes no new work, its queued requests move to its peers, and it
 switches role once its running work is done. A new recommendation waits until running conversions finish.
+The controller sees and changes the simulation only through ``Simulation``.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from statistics import fmean
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from prfaas.sched.policy import PD, PRFAAS, PeriodObservation, Split
-from prfaas.sim.instances import DecodeInstance, PrefillInstance, SimRequest
+from prfaas.sched.policy import ClusterState, PeriodObservation, RoutingPolicy, Split
+from prfaas.sim.config import Deployment, SimConfig
+from prfaas.sim.events import Handler
+from prfaas.sim.instances import SimRequest
+from prfaas.sim.pools import InstanceCounts
 
-if TYPE_CHECKING:
-    from prfaas.sim.simulator import Simulator
+
+class Simulation(Protocol):
+    """What the controller sees of the simulator, and what it may change (``Simulator`` implements it)."""
+
+    policy: RoutingPolicy
+    config: SimConfig
+    deployment: Deployment
+
+    @property
+    def now_s(self) -> float: ...
+
+    @property
+    def link_gbps(self) -> float: ...
+
+    @property
+    def converting(self) -> int: ...
+
+    def schedule(self, at_s: float, handler: Handler, arg: Any = None) -> None: ...
+
+    def cluster_state(self) -> ClusterState: ...
+
+    def instance_counts(self) -> InstanceCounts: ...
+
+    def set_link_gbps(self, gbps: float) -> None: ...
+
+    def convert_decoders(self, count: int) -> None: ...
+
+    def convert_prefills(self, count: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +74,7 @@ class Sample:
 
 
 class Controller:
-    def __init__(self, sim: Simulator) -> None:
+    def __init__(self, sim: Simulation) -> None:
         self.sim = sim
         self.samples: list[Sample] = []
         self.role_changes: list[tuple[float, Split]] = []
@@ -53,22 +82,25 @@ class Controller:
         self._prompts: list[float] = []
         self._outputs: list[float] = []
         self._output_tokens = 1.0
-        self._converting = 0
 
     def start(self, prior: LengthSample | None) -> None:
-        config, events = self.sim.config, self.sim.events
+        sim, config = self.sim, self.sim.config
         if prior is not None:
             self._output_tokens = prior.output_tokens
             self._update(prior.incremental_tokens, prior.prompt_tokens)
-        events.schedule(0.0, self._tick)
-        events.schedule(config.update_period_s, self._period)
+        sim.schedule(0.0, self._tick)
+        sim.schedule(config.update_period_s, self._period)
         for event in config.link_events:
-            events.schedule(event.at_s, self._set_link, event.gbps)
+            sim.schedule(event.at_s, sim.set_link_gbps, event.gbps)
 
     def on_routed(self, req: SimRequest) -> None:
         self._incremental.append(req.prompt_tokens - req.cached_pd_tokens)
         self._prompts.append(req.prompt_tokens)
         self._outputs.append(req.output_tokens)
+
+    def on_roles_settled(self) -> None:
+        """The last running conversion finished."""
+        self.role_changes.append((self.sim.now_s, self.sim.instance_counts().split))
 
     def _tick(self, _: object = None) -> None:
         sim = self.sim
@@ -86,7 +118,7 @@ class Controller:
             )
         )
         if sim.now_s + sim.config.sample_interval_s < sim.config.duration_s:
-            sim.events.schedule(sim.now_s + sim.config.sample_interval_s, self._tick)
+            sim.schedule(sim.now_s + sim.config.sample_interval_s, self._tick)
 
     def _period(self, _: object = None) -> None:
         if self._outputs:
@@ -95,17 +127,17 @@ class Controller:
         self._incremental, self._prompts, self._outputs = [], [], []
         sim = self.sim
         if sim.now_s + sim.config.update_period_s < sim.config.duration_s:
-            sim.events.schedule(sim.now_s + sim.config.update_period_s, self._period)
+            sim.schedule(sim.now_s + sim.config.update_period_s, self._period)
 
     def _update(self, incremental: tuple[float, ...], prompts: tuple[float, ...]) -> None:
-        sim = self.sim
+        sim, counts = self.sim, self.sim.instance_counts()
         observation = PeriodObservation(
             incremental_tokens=incremental,
             prompt_tokens=prompts,
-            link_gbps=sim.egress.capacity_gbps,
-            n_prfaas=len(sim.prefill[PRFAAS].instances),
-            n_prefill=len(sim.prefill[PD].instances),
-            n_decode=len(sim.decode.instances),
+            link_gbps=sim.link_gbps,
+            n_prfaas=counts.n_prfaas,
+            n_prefill=counts.n_prefill,
+            n_decode=counts.n_decode,
             output_tokens=self._output_tokens,
             prfaas_profile=sim.deployment.prfaas_profile,
             pd_profile=sim.deployment.pd_profile,
@@ -113,58 +145,16 @@ class Controller:
         sim.policy.update(observation)
         self.apply_split(sim.policy.recommended_split)
 
-    def _set_link(self, gbps: float) -> None:
-        self.sim.egress.set_capacity_gbps(gbps)
-        self.sim.ingress.set_capacity_gbps(gbps)
-
     # -- role changes -----------------------------------------------------------------------------------------
     def apply_split(self, split: Split | None) -> None:
-        """Drain ``|N_p(target) - N_p|`` instances of the surplus role, least loaded first; at least one
-        instance of each role always keeps serving."""
-        sim = self.sim
-        local, decode = sim.prefill[PD], sim.decode
-        total = len(local.instances) + len(decode.instances)
-        if split is None or self._converting or total < 2 or not local.instances or not decode.instances:
+        """Convert ``|N_p(target) - N_p|`` instances of the surplus role (the simulator drains the least loaded
+        first); at least one instance of each role always keeps serving."""
+        counts = self.sim.instance_counts()
+        total = counts.n_prefill + counts.n_decode
+        if split is None or self.sim.converting or total < 2 or not counts.n_prefill or not counts.n_decode:
             return
-        delta = min(max(split.n_prefill, 1), total - 1) - len(local.instances)
+        delta = min(max(split.n_prefill, 1), total - 1) - counts.n_prefill
         if delta > 0:
-            for decoder in sorted(decode.instances, key=lambda d: d.load)[:delta]:
-                self._drain_decoder(decoder)
+            self.sim.convert_decoders(delta)
         elif delta < 0:
-            now = sim.now_s
-            for instance in sorted(local.instances, key=lambda i: i.backlog_s(now))[:-delta]:
-                self._drain_prefill(instance)
-
-    def _drain_decoder(self, decoder: DecodeInstance) -> None:
-        decoder.draining, self._converting = True, self._converting + 1
-        moved, decoder.waiting = decoder.waiting, deque()
-        for req in moved:
-            self.sim.admit(req)
-        if decoder.active == 0:
-            self.on_idle_decoder(decoder)
-
-    def _drain_prefill(self, instance: PrefillInstance) -> None:
-        instance.draining, self._converting = True, self._converting + 1
-        local = self.sim.prefill[PD]
-        while instance.queue:
-            local.outstanding -= 1  # dispatch counts it again
-            self.sim.dispatch(instance.pop())
-        if instance.current is None:
-            self.on_idle_prefill(instance)
-
-    def on_idle_decoder(self, decoder: DecodeInstance) -> None:
-        self.sim.decode.instances.remove(decoder)
-        self.sim.prefill[PD].instances.append(PrefillInstance(self.sim.deployment.pd_profile))
-        self._converted()
-
-    def on_idle_prefill(self, instance: PrefillInstance) -> None:
-        self.sim.prefill[PD].instances.remove(instance)
-        self.sim.decode.instances.append(self.sim.new_decoder())
-        self._converted()
-
-    def _converted(self) -> None:
-        self._converting -= 1
-        if not self._converting:
-            sim = self.sim
-            split = Split(len(sim.prefill[PD].instances), len(sim.decode.instances))
-            self.role_changes.append((sim.now_s, split))
+            self.sim.convert_prefills(-delta)

@@ -8,7 +8,7 @@ from statistics import fmean
 
 import numpy as np
 
-from prfaas.sched.policy import PD, PRFAAS, Split
+from prfaas.sched.policy import PRFAAS, Split
 from prfaas.sim.control import Sample
 from prfaas.sim.instances import SimRequest
 from prfaas.sim.simulator import Simulator
@@ -118,7 +118,7 @@ def summarize(sim: Simulator, wall_s: float) -> SimResult:
         prefix_moves=sum(1 for r in window if r.moved_tokens > 0),
         mean_egress_gbps=fmean(s.egress_utilization * s.link_gbps for s in samples) if samples else 0.0,
         final_threshold_tokens=sim.policy.threshold_tokens,
-        final_split=Split(len(sim.prefill[PD].instances), len(sim.decode.instances)),
+        final_split=sim.instance_counts().split,
         events=sim.events.processed,
         wall_s=wall_s,
         ttft_values_s=tuple(r.ttft_s for r in window if not math.isnan(r.first_token_s)),

@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from prfaas.sched.policy import Split
 from prfaas.sim.instances import DecodeInstance, PrefillInstance
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceCounts:
+    """Instances per role, those draining for a role change included."""
+
+    n_prfaas: int  # PrfaaS prefill
+    n_prefill: int  # PD prefill
+    n_decode: int  # PD decode
+
+    @property
+    def split(self) -> Split:
+        return Split(self.n_prefill, self.n_decode)
 
 
 class PrefillPool:

@@ -11,23 +11,26 @@ A request's life:
    prefill produces it (layer-wise overlap, Eq. 3); PD-P KV moves over RDMA, instantly (Eq. 4);
 5. **decode** on the least-loaded PD-D instance with continuous batching (Eq. 5).
 
-The long timescale (``policy.update``, role changes, sampling, link events) lives in ``control``.
+The long timescale (``policy.update``, sampling, link events, when to change roles) lives in ``control``, which
+sees and changes the simulation only through the methods under "the controller's handles" below.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 from prfaas.sched.policy import PD, PRFAAS, ClusterState, RequestView, RoutingPolicy
 from prfaas.sim.arrivals import Arrival
 from prfaas.sim.cache import PrefixCache
 from prfaas.sim.config import Deployment, SimConfig
 from prfaas.sim.control import Controller, LengthSample
-from prfaas.sim.events import EventQueue
+from prfaas.sim.events import EventQueue, Handler
 from prfaas.sim.instances import DecodeInstance, PrefillInstance, SimRequest
 from prfaas.sim.link import Flow, Link
-from prfaas.sim.pools import DecodePool, PrefillPool
+from prfaas.sim.pools import DecodePool, InstanceCounts, PrefillPool
 
 
 class Simulator:
@@ -45,14 +48,15 @@ class Simulator:
             PRFAAS: PrefillPool([PrefillInstance(deployment.prfaas_profile) for _ in range(deployment.n_prfaas)]),
             PD: PrefillPool([PrefillInstance(deployment.pd_profile) for _ in range(deployment.split.n_prefill)]),
         }
-        self.decode = DecodePool([self.new_decoder() for _ in range(deployment.split.n_decode)])
+        self.decode = DecodePool([self._new_decoder() for _ in range(deployment.split.n_decode)])
         self.caches = {name: PrefixCache(config.cache_capacity_blocks, config.block_tokens) for name in self.prefill}
         self.requests: list[SimRequest] = []
         self.flows: dict[int, Flow] = {}
         self._arrivals = arrivals
+        self._converting = 0
         self.control = Controller(self)
 
-    def new_decoder(self) -> DecodeInstance:
+    def _new_decoder(self) -> DecodeInstance:
         return DecodeInstance(self.deployment.decode_batch_size, self.deployment.decode_step_s)
 
     @property
@@ -81,7 +85,7 @@ class Simulator:
         if decision.move_prefix and req.route == decision.route and decision.cache_cluster is not None:
             self._move_prefix(req, view, decision.cache_cluster)
         else:
-            self.dispatch(req)
+            self._dispatch(req)
 
     def _cached(self, req: SimRequest, cluster: str) -> int:
         return self.caches[cluster].match_tokens(req.block_keys, req.prompt_tokens)
@@ -120,10 +124,10 @@ class Simulator:
     def _on_prefix_moved(self, req: SimRequest) -> None:
         blocks = req.moved_tokens // self.config.block_tokens
         self.caches[req.route].insert(req.block_keys[:blocks])
-        self.dispatch(req)
+        self._dispatch(req)
 
     # -- 3. prefill -----------------------------------------------------------------------------------------
-    def dispatch(self, req: SimRequest) -> None:
+    def _dispatch(self, req: SimRequest) -> None:
         pool = self.prefill[req.route]
         instance = pool.pick(self.now_s)
         incremental = req.decision.incremental_tokens if req.decision is not None else req.prompt_tokens
@@ -131,9 +135,9 @@ class Simulator:
         instance.push(req)
         pool.outstanding += 1
         if instance.current is None:
-            self.start_prefill(instance)
+            self._start_prefill(instance)
 
-    def start_prefill(self, instance: PrefillInstance) -> None:
+    def _start_prefill(self, instance: PrefillInstance) -> None:
         req = instance.pop()
         hit = max(self.caches[req.route].match_tokens(req.block_keys, req.prompt_tokens, touch=True), req.moved_tokens)
         req.computed_tokens = req.prompt_tokens - min(hit, req.prompt_tokens - 1)
@@ -154,9 +158,9 @@ class Simulator:
         else:
             self.egress.uncap(self.flows[req.id])
         if instance.queue:
-            self.start_prefill(instance)
+            self._start_prefill(instance)
         elif instance.draining:
-            self.control.on_idle_prefill(instance)
+            self._prefill_to_decoder(instance)
 
     # -- 4. KV transfer over the link (PrfaaS route only) ---------------------------------------------------
     def _start_kv_transfer(self, req: SimRequest, prefill_s: float) -> None:
@@ -179,10 +183,10 @@ class Simulator:
         self.prefill[req.route].outstanding -= 1
         if req.route == PRFAAS:
             self.caches[PD].insert(req.block_keys)
-        self.admit(req)
+        self._admit(req)
 
     # -- 5. decode ------------------------------------------------------------------------------------------
-    def admit(self, req: SimRequest) -> None:
+    def _admit(self, req: SimRequest) -> None:
         decoder = self.decode.pick()
         if decoder.active < decoder.batch_size:
             self._join(req, decoder)
@@ -200,4 +204,66 @@ class Simulator:
         if decoder.waiting:
             self._join(decoder.waiting.popleft(), decoder)
         elif decoder.draining and decoder.active == 0:
-            self.control.on_idle_decoder(decoder)
+            self._decoder_to_prefill(decoder)
+
+    # -- the controller's handles ----------------------------------------------------------------------------
+    def schedule(self, at_s: float, handler: Handler, arg: Any = None) -> None:
+        self.events.schedule(at_s, handler, arg)
+
+    @property
+    def link_gbps(self) -> float:
+        """The PrfaaS -> PD link's capacity now."""
+        return self.egress.capacity_gbps
+
+    def set_link_gbps(self, gbps: float) -> None:
+        """A link event: both directions change capacity (flows in progress continue at the new rate)."""
+        self.egress.set_capacity_gbps(gbps)
+        self.ingress.set_capacity_gbps(gbps)
+
+    def instance_counts(self) -> InstanceCounts:
+        return InstanceCounts(
+            len(self.prefill[PRFAAS].instances), len(self.prefill[PD].instances), len(self.decode.instances)
+        )
+
+    @property
+    def converting(self) -> int:
+        """PD instances draining for a role change."""
+        return self._converting
+
+    def convert_decoders(self, count: int) -> None:
+        """Turn the ``count`` least loaded decoders into PD prefill instances. Each drains first: it takes no
+        new sequences, its waiting ones move to its peers, and it switches once its running ones finish."""
+        for decoder in sorted(self.decode.instances, key=lambda d: d.load)[:count]:
+            decoder.draining, self._converting = True, self._converting + 1
+            moved, decoder.waiting = decoder.waiting, deque()
+            for req in moved:
+                self._admit(req)
+            if decoder.active == 0:
+                self._decoder_to_prefill(decoder)
+
+    def convert_prefills(self, count: int) -> None:
+        """Turn the ``count`` PD prefill instances with the least backlog into decoders. Each drains first: its
+        queued requests move to its peers, and it switches once its running prefill ends."""
+        local, now = self.prefill[PD], self.now_s
+        for instance in sorted(local.instances, key=lambda i: i.backlog_s(now))[:count]:
+            instance.draining, self._converting = True, self._converting + 1
+            while instance.queue:
+                local.outstanding -= 1  # dispatch counts it again
+                self._dispatch(instance.pop())
+            if instance.current is None:
+                self._prefill_to_decoder(instance)
+
+    def _decoder_to_prefill(self, decoder: DecodeInstance) -> None:
+        self.decode.instances.remove(decoder)
+        self.prefill[PD].instances.append(PrefillInstance(self.deployment.pd_profile))
+        self._converted()
+
+    def _prefill_to_decoder(self, instance: PrefillInstance) -> None:
+        self.prefill[PD].instances.remove(instance)
+        self.decode.instances.append(self._new_decoder())
+        self._converted()
+
+    def _converted(self) -> None:
+        self._converting -= 1
+        if not self._converting:
+            self.control.on_roles_settled()

@@ -13,10 +13,10 @@ from contextlib import contextmanager
 import grpc
 import numpy as np
 
-from prfaas.cli.stack import LocalStack, Service, Topology
 from prfaas.client import AsyncClient, Sampling
 from prfaas.client.types import RouteInfo
 from prfaas.netem import LinkSpec
+from prfaas.stack import LocalStack, Service, Topology
 from prfaas.telemetry.metrics import parse_metrics
 from prfaas.v1 import decode_pb2, decode_pb2_grpc, prefill_pb2, prefill_pb2_grpc
 

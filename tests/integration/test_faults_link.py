@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from prfaas.cli.stack import LocalStack
 from prfaas.netem import parse_link_spec
+from prfaas.stack import LocalStack
 from tests.integration.faults import ENV, LONG, TOPOLOGY, busy_prefill, fault_stack, prompt, run, settled, worker_state
 
 LINK = parse_link_spec("rate=1gbit,delay=1ms")

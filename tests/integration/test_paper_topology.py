@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from prfaas.cli.stack import LocalStack, Topology
 from prfaas.client import AsyncClient, Sampling
+from prfaas.stack import LocalStack, Topology
 
 ROOT = Path(__file__).resolve().parents[2]
 

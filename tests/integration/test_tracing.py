@@ -11,8 +11,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from prfaas.cli.stack import LocalStack, Topology
 from prfaas.client import AsyncClient, Sampling
+from prfaas.stack import LocalStack, Topology
 
 
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):

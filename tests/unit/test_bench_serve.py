@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,10 @@ import pytest
 from prfaas.bench.load import RequestRecord
 from prfaas.bench.serve import LinkEvent, RunResult, Sample, policy_topology, predicted_rps
 from prfaas.bench.serve_report import Slo, format_compare, summarize
-from prfaas.cli.stack import Topology
+from prfaas.cli import bench_serve
+from prfaas.cli.main import main
 from prfaas.netem import parse_link_spec
+from prfaas.stack import Topology
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,3 +71,20 @@ def test_summary_counts_the_window_the_slo_and_the_link() -> None:
     assert s.link_bytes == 11_625_000
     table = format_compare([s, summarize(_run("naive", records[:2]), Slo(1.0, 1.0), predicted_rps=0.5)])
     assert "naive" in table and "1.50" in table and "2.00" in table  # measured 3/2 and predicted 1.0/0.5
+
+
+def test_out_without_matplotlib_is_refused_before_the_benchmark_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the benchmark ran although its --out could never be written")
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if `prfaas[plot]` were not installed
+    monkeypatch.setattr(bench_serve, "run_policy", never)
+    assert main(["bench", "serve", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "prfaas bench serve: error: --out needs matplotlib; install it with `pip install 'prfaas[plot]'`, "
+        "or run without --out\n"
+    )
+    assert not (tmp_path / "out").exists()

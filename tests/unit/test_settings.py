@@ -4,6 +4,7 @@ that the local stack launches services with."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import pytest
 
@@ -32,7 +33,7 @@ def test_a_pd_worker_has_every_prefill_and_decode_knob() -> None:
 def test_every_service_declares_the_server_fields_once_through_server_settings(cls: type) -> None:
     assert issubclass(cls, ServerSettings)
     server_fields = _names(ServerSettings)
-    own = {name for name in cls.__dict__.get("__annotations__", {}) if name in server_fields}
+    own = {name for name in inspect.get_annotations(cls) if name in server_fields}
     assert own == set()  # not redeclared: a new TLS or metrics knob reaches every service
 
 
@@ -54,7 +55,8 @@ def test_settings_flags_round_trip(cls: type, values: dict[str, object]) -> None
 
 def test_settings_flags_emit_only_what_differs_from_the_default() -> None:
     assert settings_flags(DecodeSettings()) == []
-    assert settings_flags(DecodeSettings(block_size=16, kv_lease_s=2.0)) == ["--block-size", "16", "--kv-lease-s", "2.0"]
+    flags = settings_flags(DecodeSettings(block_size=16, kv_lease_s=2.0))
+    assert flags == ["--block-size", "16", "--kv-lease-s", "2.0"]
 
 
 def test_the_router_does_not_show_its_bearer_token() -> None:

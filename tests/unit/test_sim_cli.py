@@ -70,6 +70,21 @@ def test_table_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert f"wrote {tmp_path / name}" in captured.err
 
 
+def test_plot_without_matplotlib_exits_2_before_simulating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *args: None)  # no optional package installed
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("simulated although the --plot files could never be drawn")
+
+    monkeypatch.setattr(simulate, "run_policy", never)
+    assert run_cli([*QUICK, "--plot", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        "prfaas simulate: error: --plot needs matplotlib; install it with `pip install 'prfaas[plot]'`, "
+        "or run without --plot\n"
+    )
+
+
 def test_mooncake_replay_ends_with_the_trace(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--workload", "mooncake", "--rate-rps", "60", "--duration-s", "1000", "--policy", "prfaas", "--json"]
     assert run_cli(argv) == 0

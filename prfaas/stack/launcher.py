@@ -1,9 +1,10 @@
 """Launching a whole PrfaaS-PD topology on this machine as separate processes.
 
-Each service is started as `python -m services.<name> --port 0 ...`; its "listening on port N" line
-tells where it is. The stack is up once every service answers `grpc.health.v1` with SERVING. On exit
-every process gets SIGTERM (graceful drain), then SIGKILL after a grace period; a child whose launcher
-dies gets SIGTERM from the kernel (`PR_SET_PDEATHSIG`), so a crash leaves no services behind.
+Each service is started as `python -m services.<name> --port 0 ...` with the flags that reproduce its
+settings dataclass (built by the `Topology`); its "listening on port N" line tells where it is. The stack
+is up once every service answers `grpc.health.v1` with SERVING. On exit every process gets SIGTERM
+(graceful drain), then SIGKILL after a grace period; a child whose launcher dies gets SIGTERM from the
+kernel (`PR_SET_PDEATHSIG`), so a crash leaves no services behind.
 
 By default everything listens on loopback. With an emulated link (`LocalStack(..., link=LinkSpec)`) the
 PrfaaS cluster (its prefill workers and cache pool) runs in namespace dc1 and the local PD cluster with the
@@ -15,7 +16,6 @@ addresses (`Service.internal`).
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import re
 import shutil
@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -35,55 +35,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prfaas.netem import LinkSpec
 from prfaas.netem.forward import PortForward
 from prfaas.netem.link import EmulatedLink
+from prfaas.sched.routing import PD, PRFAAS
+from prfaas.service.settings import settings_flags
+from prfaas.stack.topology import CLUSTERS, RouterBackends, Topology
 
 _LISTENING = re.compile(r"listening on port (\d+)")
 _METRICS = re.compile(r"metrics on port (\d+)")
-
-
-@dataclass(frozen=True, slots=True)
-class Topology:
-    """How many workers of each kind, and how they run. Also readable from a JSON file (`--config`)."""
-
-    engine: str = "real"
-    model: str = "kimi-linear-tiny"
-    prfaas_prefill: int = 1
-    pd_prefill: int = 1
-    decode: int = 1
-    pd_workers: int = 0  # dual-role PD workers (the router converts them between prefill and decode)
-    pd_prefill_workers: int = 0  # how many of them start as prefill workers
-    policy: str = "prfaas"
-    link_gbps: float = 100.0
-    replan_period_s: float = 30.0
-    threshold_tokens: int = 256
-    block_size: int = 64
-    router_port: int = 0
-    time_scale: float = 0.01
-    bytes_scale: float = 0.01
-    decode_step_scale: float = 1.0  # mock engines: decode steps take this much longer (fewer, longer tokens)
-    token_scale: int = 1  # mock engines: paper tokens per mock token (thresholds and lengths are in mock tokens)
-    num_blocks: int = 2048  # KV blocks per engine
-    max_seqs: int = 32  # sequences per engine (the decode batch limit)
-    max_prefill_tokens: int = 2048  # prefill chunk per engine step
-    snapshot_every_blocks: int = 1
-    max_model_len: int = 0  # router-side prompt limit; 0 = the model's own
-    pool_backend: str = "memory://?capacity_bytes=268435456"
-
-    def __post_init__(self) -> None:
-        decoders = self.decode + self.pd_workers - self.pd_prefill_workers
-        if decoders < 1 or self.prfaas_prefill + self.pd_prefill + self.pd_prefill_workers < 1:
-            raise ValueError("a topology needs at least one decode worker and one prefill worker")
-
-    @classmethod
-    def from_file(cls, path: Path, **overrides: object) -> Topology:
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: cannot read topology ({exc})") from exc
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**{**raw, **{k: v for k, v in overrides.items() if v is not None}})
+_PLACED = ("host", "port", "metrics_port")  # where a service listens: chosen by the launcher, not the topology
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,31 +129,27 @@ class LocalStack:
         module, args, cluster = old.command
         outer = int(old.address.rsplit(":", 1)[1])
         try:
-            new = self._start(name, module, *args, cluster=cluster, port=outer, inner_port=old.port)
+            new = self._spawn(name, module, args, cluster=cluster, port=outer, inner_port=old.port)
         except RuntimeError:  # died while starting: a supervisor tries once more
             self.services.remove(self.service(name))
-            new = self._start(name, module, *args, cluster=cluster, port=outer, inner_port=old.port)
+            new = self._spawn(name, module, args, cluster=cluster, port=outer, inner_port=old.port)
         wait_healthy(new.address, timeout_s)
         return new
 
-    def _start(
-        self, name: str, module: str, *args: str, cluster: str = "pd", port: int = 0, inner_port: int = 0
+    def _start(self, name: str, module: str, settings: object, cluster: str = "pd", port: int = 0) -> Service:
+        """Start `python -m services.<module>` with the flags that reproduce `settings` (where it listens
+        aside: that depends on the cluster's site)."""
+        return self._spawn(name, module, tuple(settings_flags(settings, skip=_PLACED)), cluster=cluster, port=port)
+
+    def _spawn(
+        self, name: str, module: str, args: tuple[str, ...], cluster: str = "pd", port: int = 0, inner_port: int = 0
     ) -> Service:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "OTEL_SERVICE_NAME": f"prfaas-{name}"}
         site = self._site(cluster)
-        inner_port = inner_port if site.ns else port
-        cmd = [sys.executable, "-m", f"services.{module}", "--host", site.host, "--port", str(inner_port)]
-        cmd += ["--metrics-port", "0", *args]
-        if site.ns is not None:
-            cmd = ["ip", "netns", "exec", site.ns, *cmd]
-        # setpriv sets the parent-death signal after the fork; a Python preexec_fn in a child forked from a
-        # parent with gRPC threads running (a restart under load) can crash before exec.
         setpriv = shutil.which("setpriv")
-        if setpriv is not None:
-            cmd = [setpriv, "--pdeathsig", "TERM", *cmd]
         with open(self.log_dir / f"{name}.log", "a") as log:
             proc = subprocess.Popen(
-                cmd,
+                _command(site, module, args, inner_port if site.ns else port, setpriv),
                 stdout=subprocess.PIPE,
                 stderr=log,
                 text=True,
@@ -214,86 +168,30 @@ class LocalStack:
                 service.forwards.append(metrics)
         return service
 
-    def _engine_args(self) -> list[str]:
-        t = self.topology
-        return [
-            "--engine",
-            t.engine,
-            "--model",
-            t.model,
-            "--block-size",
-            str(t.block_size),
-            "--time-scale",
-            str(t.time_scale),
-            "--bytes-scale",
-            str(t.bytes_scale),
-            "--decode-step-scale",
-            str(t.decode_step_scale),
-            "--token-scale",
-            str(t.token_scale),
-            "--num-blocks",
-            str(t.num_blocks),
-            "--max-seqs",
-            str(t.max_seqs),
-            "--max-prefill-tokens",
-            str(t.max_prefill_tokens),
-            "--snapshot-every-blocks",
-            str(t.snapshot_every_blocks),
-        ]
-
     def _launch(self) -> None:
         t = self.topology
-        pools = {
-            c: self._start(f"cachepool-{c}", "cachepool", "--backend", t.pool_backend, cluster=c)
-            for c in ("prfaas", "pd")
-        }
-        decode = [self._start(f"decode-{i}", "decode", *self._engine_args()) for i in range(t.decode)]
-        prefill: dict[str, list[Service]] = {"prfaas": [], "pd": []}
-        for cluster, count in (("prfaas", t.prfaas_prefill), ("pd", t.pd_prefill)):
-            role = ["--cluster", cluster, "--mock-role", cluster, "--pool", pools[cluster].internal]
-            prefill[cluster] = [
-                self._start(f"prefill-{cluster}-{i}", "prefill", *self._engine_args(), *role, cluster=cluster)
-                for i in range(count)
-            ]
-        dual = [
-            self._start(f"pd-{i}", "pd", *self._engine_args(), "--mock-role", "pd", "--pool", pools["pd"].internal)
-            for i in range(t.pd_workers)
-        ]
-        self._start(
-            "router",
-            "router",
-            "--pd-workers",
-            _join(dual),
-            "--pd-prefill-workers",
-            str(t.pd_prefill_workers),
-            "--policy",
-            t.policy,
-            "--link-gbps",
-            str(t.link_gbps if self.link is None else self.link.rate_bps / 1e9),
-            "--replan-period-s",
-            str(t.replan_period_s),
-            "--model",
-            t.model,
-            "--threshold-tokens",
-            str(t.threshold_tokens),
-            "--block-size",
-            str(t.block_size),
-            "--max-model-len",
-            str(t.max_model_len),
-            "--decode",
-            _join(decode),
-            "--prfaas-prefill",
-            _join(prefill["prfaas"]),
-            "--pd-prefill",
-            _join(prefill["pd"]),
-            "--prfaas-pool",
-            pools["prfaas"].internal,
-            "--pd-pool",
-            pools["pd"].internal,
-            port=t.router_port,
-        )
+        pools = {c: self._start(f"cachepool-{c}", "cachepool", t.cachepool_settings(), cluster=c) for c in CLUSTERS}
+        backends = self._start_workers({c: pool.internal for c, pool in pools.items()})
+        link_gbps = t.link_gbps if self.link is None else self.link.rate_bps / 1e9
+        self._start("router", "router", t.router_settings(link_gbps, backends), port=t.router_port)
         for s in self.services:
             wait_healthy(s.address, 180.0)  # 15 processes importing torch on 2 busy cores take a while
+
+    def _start_workers(self, pools: dict[str, str]) -> RouterBackends:
+        """Decode, prefill (per cluster) and dual-role PD workers, in that order; where the router finds them."""
+        t = self.topology
+        decode = t.decode_settings()
+        decoders = [self._start(f"decode-{i}", "decode", decode) for i in range(t.decode)]
+        prefill: dict[str, list[Service]] = {}
+        for cluster, count in ((PRFAAS, t.prfaas_prefill), (PD, t.pd_prefill)):
+            settings = t.prefill_settings(cluster, pools[cluster])
+            prefill[cluster] = [
+                self._start(f"prefill-{cluster}-{i}", "prefill", settings, cluster=cluster) for i in range(count)
+            ]
+        dual = [self._start(f"pd-{i}", "pd", t.pd_settings(pools[PD])) for i in range(t.pd_workers)]
+        return RouterBackends(
+            _join(decoders), _join(prefill[PRFAAS]), _join(prefill[PD]), _join(dual), pools[PRFAAS], pools[PD]
+        )
 
     def top_command(self) -> str:
         """A `prfaas top` invocation watching this stack."""
@@ -323,6 +221,16 @@ def _drain(proc: subprocess.Popen[str]) -> None:
     assert proc.stdout is not None
     for _ in proc.stdout:
         pass
+
+
+def _command(site: Site, module: str, args: tuple[str, ...], port: int, setpriv: str | None) -> list[str]:
+    cmd = [sys.executable, "-m", f"services.{module}", "--host", site.host, "--port", str(port)]
+    cmd += ["--metrics-port", "0", *args]
+    if site.ns is not None:
+        cmd = ["ip", "netns", "exec", site.ns, *cmd]
+    # setpriv sets the parent-death signal after the fork; a Python preexec_fn in a child forked from a
+    # parent with gRPC threads running (a restart under load) can crash before exec.
+    return cmd if setpriv is None else [setpriv, "--pdeathsig", "TERM", *cmd]
 
 
 def _join(services: list[Service]) -> str:
