@@ -107,6 +107,8 @@ def _serve(topology: Topology, link: LinkSpec | None, stop: threading.Event) -> 
             print(f"  {s.name:20} {s.address}{where}", file=sys.stderr)
         print(f"watch it with: {stack.top_command()}", file=sys.stderr)
         print(f"router listening on {stack.router}", flush=True)
+        if stack.openai_url is not None:
+            print(f"openai api on {stack.openai_url}", flush=True)
         stop.wait()
         print("stopping", file=sys.stderr)
     return 0

@@ -41,6 +41,7 @@ from prfaas.stack.topology import CLUSTERS, RouterBackends, Topology
 
 _LISTENING = re.compile(r"listening on port (\d+)")
 _METRICS = re.compile(r"metrics on port (\d+)")
+_HTTP = re.compile(r"openai api on port (\d+)")
 _PLACED = ("host", "port", "metrics_port")  # where a service listens: chosen by the launcher, not the topology
 
 
@@ -61,6 +62,8 @@ class Service:
     metrics_port: int | None = None
     forwards: list[PortForward] = field(default_factory=list)
     command: tuple[str, tuple[str, ...], str] = ("", (), "pd")  # module, arguments, cluster: to start it again
+    http_port: int | None = None  # the router's OpenAI HTTP API
+    http_forward: PortForward | None = None
 
     @property
     def internal(self) -> str:
@@ -78,6 +81,17 @@ class Service:
             return None
         return self.forwards[1].address if len(self.forwards) > 1 else f"{self.site.host}:{self.metrics_port}"
 
+    @property
+    def all_forwards(self) -> list[PortForward]:
+        return [*self.forwards, *([self.http_forward] if self.http_forward else [])]
+
+    @property
+    def http_address(self) -> str | None:
+        """Where this machine's namespace reaches the router's OpenAI HTTP API (None: not served)."""
+        if self.http_port is None:
+            return None
+        return self.http_forward.address if self.http_forward else f"{self.site.host}:{self.http_port}"
+
 
 @dataclass
 class LocalStack:
@@ -90,6 +104,12 @@ class LocalStack:
     @property
     def router(self) -> str:
         return next(s.address for s in self.services if s.name == "router")
+
+    @property
+    def openai_url(self) -> str | None:
+        """The base URL of the router's OpenAI-compatible HTTP API (None when the topology turns it off)."""
+        address = self.service("router").http_address
+        return None if address is None else f"http://{address}/v1"
 
     def __enter__(self) -> LocalStack:
         try:
@@ -123,7 +143,7 @@ class LocalStack:
         if old.proc.poll() is None:
             old.proc.kill()
         old.proc.wait()
-        for forward in old.forwards:
+        for forward in old.all_forwards:
             forward.close()
         self.services.remove(old)
         module, args, cluster = old.command
@@ -159,13 +179,15 @@ class LocalStack:
             )
         service = Service(name, proc, site, command=(module, args, cluster))
         self.services.append(service)
-        service.port, service.metrics_port = _read_ports(service)
+        service.port, service.metrics_port, service.http_port = _read_ports(service)
         threading.Thread(target=_drain, args=(proc,), daemon=True).start()
         if site.ns is not None:
             service.forwards.append(PortForward(site.ns, site.host, service.port, port))
             if service.metrics_port is not None:
                 metrics = PortForward(site.ns, "127.0.0.1", service.metrics_port)  # /metrics listens on loopback
                 service.forwards.append(metrics)
+            if service.http_port is not None:
+                service.http_forward = PortForward(site.ns, site.host, service.http_port)
         return service
 
     def _launch(self) -> None:
@@ -209,7 +231,7 @@ class LocalStack:
             except subprocess.TimeoutExpired:
                 s.proc.kill()
                 s.proc.wait()
-            for forward in s.forwards:
+            for forward in s.all_forwards:
                 forward.close()
         self.services.clear()
         if self.emulated is not None:
@@ -250,19 +272,21 @@ def _repo_root() -> str:
     return str(Path(__file__).resolve().parents[2])
 
 
-def _read_ports(service: Service, timeout_s: float = 120.0) -> tuple[int, int | None]:
-    """The gRPC port from the "listening on port N" line (and the metrics port printed before it)."""
+def _read_ports(service: Service, timeout_s: float = 120.0) -> tuple[int, int | None, int | None]:
+    """The gRPC port from the "listening on port N" line (and the metrics and HTTP ports printed before it)."""
     assert service.proc.stdout is not None
     deadline = time.monotonic() + timeout_s
-    metrics_port = None
+    metrics_port = http_port = None
     while time.monotonic() < deadline:
         line = service.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"{service.name} exited with {service.proc.wait()} before listening (see its log)")
         if m := _METRICS.search(line):
             metrics_port = int(m.group(1))
+        if m := _HTTP.search(line):
+            http_port = int(m.group(1))
         if match := _LISTENING.search(line):
-            return int(match.group(1)), metrics_port
+            return int(match.group(1)), metrics_port, http_port
     raise TimeoutError(f"{service.name} did not start within {timeout_s:.0f}s")
 
 

@@ -54,6 +54,7 @@ class Topology:
     threshold_tokens: int = RouterSettings.threshold_tokens
     block_size: int = EngineSettings.block_size
     router_port: int = 0
+    http_port: int | None = 0  # the router's OpenAI HTTP API: 0 any free port, None off
     time_scale: float = EngineSettings.time_scale
     bytes_scale: float = EngineSettings.bytes_scale
     decode_step_scale: float = EngineSettings.decode_step_scale  # mock engines: longer decode steps (fewer tokens)
@@ -132,5 +133,6 @@ class Topology:
             block_size=self.block_size,
             max_model_len=self.max_model_len,
             pd_prefill_workers=self.pd_prefill_workers,
+            http_port=self.http_port,
             **asdict(backends),
         )

@@ -14,6 +14,7 @@ Histogram buckets (upper bounds):
   Kimi Linear prompt is ~2.4 GB (paper Table 6).
 - ``KV_TRANSFER_BUCKETS_S``, 1 ms .. 64 s: a transfer overlaps prefill, and a congested link stretches it.
 - ``PREFILL_BUCKETS_S``, 5 ms .. 64 s: from a short prompt to a long one on the slower PD-P hardware.
+- ``HTTP_BUCKETS_S``, 1 ms .. 300 s: an HTTP request to its last byte, from a refused one to a long generation.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ TPOT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.1
 KV_BYTES_BUCKETS = tuple(float(4**k) for k in range(6, 18))  # 4 KiB .. 16 GiB
 KV_TRANSFER_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 PREFILL_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+HTTP_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 300.0)
 
 # Histograms
 TTFT_SECONDS = Histogram(
@@ -68,6 +70,13 @@ PREFILL_SECONDS = Histogram(
     "Prefill compute time per request, by cluster (prfaas or pd).",
     ["cluster"],
     buckets=PREFILL_BUCKETS_S,
+    registry=REGISTRY,
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "prfaas_http_request_seconds",
+    "Wall time of an HTTP API request to its last byte (a stream: to its end), by endpoint.",
+    ["endpoint"],
+    buckets=HTTP_BUCKETS_S,
     registry=REGISTRY,
 )
 
@@ -126,6 +135,12 @@ REQUEST_RETRIES = Counter(
     "prfaas_request_retries_total",
     "Request attempts the router started again, by what failed.",
     ["failed"],
+    registry=REGISTRY,
+)
+HTTP_REQUESTS = Counter(
+    "prfaas_http_requests_total",
+    "HTTP API requests, by endpoint (the path, or other) and response status.",
+    ["endpoint", "status"],
     registry=REGISTRY,
 )
 KV_TRANSFER_STALL_SECONDS = Counter(

@@ -10,6 +10,7 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import grpc
 from opentelemetry import trace
@@ -17,7 +18,7 @@ from opentelemetry import trace
 from prfaas.sched.policy import Split
 from prfaas.sched.routing import PD, PRFAAS
 from prfaas.service.auth import BearerTokenInterceptor
-from prfaas.service.grpc_server import RunningServer, channel, start_server
+from prfaas.service.grpc_server import RunningServer, StartupError, channel, start_server
 from prfaas.service.status import RETRY_AFTER_KEY, abort, shed
 from prfaas.telemetry import metrics
 from prfaas.telemetry.tracing import tracer
@@ -34,6 +35,9 @@ from services.router.roles import DECODE_ROLE, PREFILL_ROLE, RoleTable
 from services.router.settings import RouterSettings, split_addresses
 from services.router.worker_check import check_workers
 
+if TYPE_CHECKING:
+    from services.router.http_api import OpenAiApi
+
 log = logging.getLogger(__name__)
 
 
@@ -47,6 +51,8 @@ class RouterError(Exception):
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
+    http_port: int | None = None  # where the OpenAI HTTP API listens (None: not served)
+
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
         self.prompts = PromptReader(settings.model, settings.max_model_len)
@@ -248,9 +254,29 @@ async def build_server(settings: RouterSettings) -> tuple[RunningServer, Callabl
     )
 
     running.servicer = servicer
+    http = await _start_http(servicer, running)
 
     async def cleanup() -> None:
+        if http is not None:
+            await http.stop()
         await servicer.health.stop()
         await servicer.control.stop()
 
     return running, cleanup
+
+
+async def _start_http(servicer: RouterServicer, running: RunningServer) -> OpenAiApi | None:
+    """The OpenAI HTTP API next to the gRPC port, when `http_port` is set; a port it cannot bind stops both."""
+    from services.router.http_api import OpenAiApi  # it imports this module
+
+    port = servicer.settings.http_port
+    if port is None:
+        return None
+    api = OpenAiApi(servicer)
+    try:
+        servicer.http_port = await api.start(port)
+    except OSError as exc:
+        await running.stop(0)
+        raise StartupError(f"--http-port {port}: cannot serve the OpenAI API there ({exc})") from exc
+    print(f"openai api on port {servicer.http_port}", flush=True)
+    return api

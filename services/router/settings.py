@@ -47,11 +47,17 @@ class RouterSettings(ServerSettings):
     decode_queue_factor: float = 2.0
     max_inflight_requests: int = 1024  # Generate calls beyond this get RESOURCE_EXHAUSTED + retry-after-ms
     retry_after_ms: int = 1000  # the retry hint sent with RESOURCE_EXHAUSTED
+    # The OpenAI-compatible HTTP API (docs/openai-api.md) on this port of `host`, same TLS and bearer token as
+    # the gRPC port; unset: not served, 0: any free port (printed as `openai api on port N`).
+    http_port: int | None = None
+    http_drain_timeout_s: float = 30.0  # on stop, open HTTP requests (streams) get this long to finish
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.max_inflight_requests < 1 or self.retry_after_ms < 0:
             raise ValueError("max_inflight_requests must be >= 1 and retry_after_ms >= 0")
+        if (self.http_port is not None and not 0 <= self.http_port <= 65535) or self.http_drain_timeout_s < 0:
+            raise ValueError("http_port must be in [0, 65535] (0: any free port) and http_drain_timeout_s >= 0")
         if self.decode_queue_factor < 1:
             raise ValueError("decode_queue_factor must be >= 1 (registered requests per decode slot)")
         dual = split_addresses(self.pd_workers)

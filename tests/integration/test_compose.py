@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -167,8 +168,9 @@ def test_depends_on_waits_for_health(compose: dict[str, Any]) -> None:
 
 def test_only_the_router_and_the_jaeger_ui_are_published(compose: dict[str, Any]) -> None:
     published = {name: s["ports"] for name, s in compose["services"].items() if s.get("ports")}
-    assert published == {"router": ["50051:50051"], "jaeger": ["16686:16686"]}
+    assert published == {"router": ["50051:50051", "8000:8000"], "jaeger": ["16686:16686"]}
     assert compose["services"]["router"]["environment"]["PRFAAS_PORT"] == "50051"
+    assert compose["services"]["router"]["environment"]["PRFAAS_HTTP_PORT"] == "8000"  # the OpenAI API
 
 
 def test_jaeger_receives_otlp_grpc(compose: dict[str, Any]) -> None:
@@ -321,6 +323,8 @@ class LocalRewrite:
         compose_env.pop("OTEL_EXPORTER_OTLP_ENDPOINT")
         port = self.ports[(name, int(compose_env["PRFAAS_PORT"]))]
         compose_env |= {"PRFAAS_PORT": str(port), "OTEL_TRACES_EXPORTER": "none"}
+        if "PRFAAS_HTTP_PORT" in compose_env:
+            compose_env["PRFAAS_HTTP_PORT"] = str(free_port())
         leftovers = [v for v in compose_env.values() for m in _ADDRESS.finditer(v) if m.group(1) in self.hosts]
         assert not leftovers, f"{name}: compose host names left in {leftovers}"
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(("PRFAAS_", "OTEL_"))}
@@ -376,6 +380,10 @@ def test_compose_services_run_as_local_processes(local_stack: dict[str, LocalSer
     assert len(short.token_ids) == 4 and short.route is not None and short.route.route == "local"
     assert len(long.token_ids) == 4 and long.route is not None and long.route.route == "prfaas"
     assert long.route.kv_bytes > 0
+    body = {"model": "kimi-linear-tiny", "prompt": "hello", "max_tokens": 4, "ignore_eos": True}
+    http = f"http://127.0.0.1:{local_stack['router'].env['PRFAAS_HTTP_PORT']}"
+    completion = httpx.post(f"{http}/v1/completions", json=body, timeout=30)
+    assert completion.status_code == 200 and completion.json()["usage"]["completion_tokens"] == 4
     for svc in local_stack.values():
         assert svc.proc is not None
         svc.proc.send_signal(signal.SIGTERM)

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from openai import OpenAI
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -29,6 +31,8 @@ def test_prfaas_up_serves_and_stops_cleanly() -> None:
         match = re.fullmatch(r"router listening on (127\.0\.0\.1:\d+)\n", line)
         assert match, f"unexpected first line {line!r}"
         router = match.group(1)
+        api = re.fullmatch(r"openai api on (http://127\.0\.0\.1:\d+/v1)\n", up.stdout.readline())
+        assert api, "prfaas up prints where the OpenAI API listens"
         outs = [
             json.loads(
                 subprocess.run(
@@ -56,6 +60,10 @@ def test_prfaas_up_serves_and_stops_cleanly() -> None:
         ]
         assert [o["route"] for o in outs] == ["local", "prfaas"]
         assert all(len(o["token_ids"]) == 4 and o["kv_bytes"] > 0 for o in outs)
+        client = OpenAI(base_url=api.group(1), api_key="unused", max_retries=0)
+        completion = client.completions.create(model="kimi-linear-tiny", prompt="short one", max_tokens=4, temperature=0)
+        assert completion.usage is not None and completion.usage.completion_tokens == 4
+        assert completion.model_extra is not None and completion.model_extra["prfaas"]["route"] == "local"
         children = subprocess.run(["pgrep", "-P", str(up.pid)], capture_output=True, text=True).stdout.split()
         assert len(children) == 6  # two pools, decode, two prefill workers, router
     finally:

@@ -32,6 +32,8 @@ EXPECTED = {
     "prfaas_backend_up": ("gauge", ("address",)),
     "prfaas_link_capacity_gbps": ("gauge", ()),
     "prfaas_request_retries": ("counter", ("failed",)),
+    "prfaas_http_requests": ("counter", ("endpoint", "status")),
+    "prfaas_http_request_seconds": ("histogram", ("endpoint",)),
 }
 OBJECTS = {
     "prfaas_ttft_seconds": metrics.TTFT_SECONDS,
@@ -53,6 +55,8 @@ OBJECTS = {
     "prfaas_backend_up": metrics.BACKEND_UP,
     "prfaas_link_capacity_gbps": metrics.LINK_CAPACITY,
     "prfaas_request_retries": metrics.REQUEST_RETRIES,
+    "prfaas_http_requests": metrics.HTTP_REQUESTS,
+    "prfaas_http_request_seconds": metrics.HTTP_REQUEST_SECONDS,
 }
 
 
