@@ -61,7 +61,9 @@ def test_prfaas_up_serves_and_stops_cleanly() -> None:
         assert [o["route"] for o in outs] == ["local", "prfaas"]
         assert all(len(o["token_ids"]) == 4 and o["kv_bytes"] > 0 for o in outs)
         client = OpenAI(base_url=api.group(1), api_key="unused", max_retries=0)
-        completion = client.completions.create(model="kimi-linear-tiny", prompt="short one", max_tokens=4, temperature=0)
+        completion = client.completions.create(
+            model="kimi-linear-tiny", prompt="short one", max_tokens=4, temperature=0
+        )
         assert completion.usage is not None and completion.usage.completion_tokens == 4
         assert completion.model_extra is not None and completion.model_extra["prfaas"]["route"] == "local"
         children = subprocess.run(["pgrep", "-P", str(up.pid)], capture_output=True, text=True).stdout.split()
