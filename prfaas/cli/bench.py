@@ -8,7 +8,7 @@ import json
 import torch
 
 from prfaas.bench.engine import format_table, run_engine_bench
-from prfaas.cli import bench_overlap, bench_serve, bench_soak
+from prfaas.cli import bench_overlap, bench_route, bench_serve, bench_soak
 from prfaas.model.tiny import TINY_NAME, resolve_model
 
 
@@ -37,6 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     t.set_defaults(run=run_transfer)
     bench_overlap.add_parser(kinds)
+    bench_route.add_parser(kinds)
     bench_serve.add_parser(kinds)
     bench_soak.add_parser(kinds)
 

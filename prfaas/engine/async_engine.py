@@ -4,6 +4,10 @@ The engine runs on its own thread: forward passes never run on the event loop. B
 thread executes commands submitted from the loop (admit, abort, import a chunk, ...) in order, so
 the engine is only ever touched by one thread. Token events go back to the loop into per-request
 queues.
+
+Changes to the prefix cache (`on_kv`) are recorded on the engine thread and handed to the loop, in
+order, after every step and every command, before that command's result: so the loop has heard of
+every change a command's result reflects (e.g. `kv_state`) by the time the result arrives.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 from prfaas.engine.engine import Engine
 from prfaas.engine.sampling import SamplingParams
 from prfaas.engine.sequence import TokenEvent
+from prfaas.kv.changes import KvDelta, KvListener, KvState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,6 +72,8 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.decode_steps: deque[tuple[int, float]] = deque(maxlen=256)  # (batch, seconds), measured
+        self._kv_changes = engine.cache.track_changes()
+        self._kv_listeners: list[KvListener] = []
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -94,6 +101,15 @@ class AsyncEngine:
         """Raises `InvalidRequest` when this engine cannot serve the request as given."""
         await self.call(lambda e: e.validate(prompt_ids, params))
 
+    # -- the prefix cache's state -------------------------------------------------------------------------
+    def on_kv(self, listener: KvListener) -> None:
+        """Call `listener` on the loop with every change to the prefix cache, in order."""
+        self._kv_listeners.append(listener)
+
+    async def kv_state(self) -> KvState:
+        """What the prefix cache holds now: every change it reflects has reached the `on_kv` listeners."""
+        return await self.call(lambda e: e.cache.held())
+
     # -- commands ------------------------------------------------------------------------------------
     async def call(self, fn: Callable[[Engine], T]) -> T:
         """Run `fn(engine)` on the engine thread between steps and return its result."""
@@ -103,6 +119,13 @@ class AsyncEngine:
         future: asyncio.Future[T] = self._loop.create_future()
         self._commands.put((fn, future))
         return await future
+
+    async def finish_import(self, request_id: str, first_token_id: int) -> None:
+        """Complete an imported sequence: it joins the decode batch, and its first token (sampled by the
+        sender) reaches the request's stream before any token a later step makes. (Delivered on the
+        engine thread, in order with the steps' events; put on the stream from here, a decode step finishing
+        before this coroutine resumed could deliver the second token first.)"""
+        await self.call(lambda e: self._dispatch([e.finish_import(request_id, first_token_id)]))
 
     def open_stream(self, request_id: str) -> asyncio.Queue[TokenEvent]:
         """Token events of `request_id` will arrive on the returned queue (open it before starting)."""
@@ -138,6 +161,7 @@ class AsyncEngine:
                     kind, batch = self._engine.last_step
                     if kind == "decode":
                         self.decode_steps.append((batch, time.perf_counter() - t0))
+                    self._flush_kv()
                     self._dispatch(events)
         except BaseException as exc:  # the loop must learn that the engine died
             log.exception("%s crashed", self.name)
@@ -161,9 +185,22 @@ class AsyncEngine:
         try:
             result = fn(self._engine)
         except Exception as exc:  # delivered to the caller, the engine keeps running
+            self._flush_kv()
             self._loop.call_soon_threadsafe(_set_exception, future, exc)
         else:
+            self._flush_kv()
             self._loop.call_soon_threadsafe(_set_result, future, result)
+
+    def _flush_kv(self) -> None:
+        """Hand the prefix cache's changes since the last flush to the loop (engine thread)."""
+        delta = self._kv_changes.take()
+        if delta is not None:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._deliver_kv, delta)
+
+    def _deliver_kv(self, delta: KvDelta) -> None:
+        for listener in self._kv_listeners:
+            listener(delta)
 
     def _dispatch(self, events: list[TokenEvent]) -> None:
         assert self._loop is not None

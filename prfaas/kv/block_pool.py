@@ -4,12 +4,15 @@ A block is either in use (ref count > 0) or free. A free block may still hold a 
 keeps its hash) until it is handed out again; handing it out evicts that prefix. The free queue is
 LRU: blocks freed longest ago are reused first. A finishing sequence frees its blocks deepest first,
 so among blocks freed together the deepest are evicted first and shared shallow prefixes survive.
+
+`on_change(hash, held)`, when set, hears every change to the hash index: a hash registered (True) and a
+cached hash forgotten because its block was handed out again (False).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 class OutOfBlocks(RuntimeError):
@@ -25,6 +28,7 @@ class BlockPool:
         self._free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
         self._hash_of: dict[int, bytes] = {}
         self._block_of: dict[bytes, int] = {}
+        self.on_change: Callable[[bytes, bool], None] | None = None
 
     @property
     def num_free(self) -> int:
@@ -79,11 +83,21 @@ class BlockPool:
             return
         self._hash_of[block] = block_hash
         self._block_of[block_hash] = block
+        self._changed(block_hash, True)
 
     def block_hash(self, block: int) -> bytes | None:
         return self._hash_of.get(block)
+
+    def cached_hashes(self) -> list[bytes]:
+        """Every hash the index holds (full blocks in use or cached)."""
+        return list(self._block_of)
 
     def _forget(self, block: int) -> None:
         old = self._hash_of.pop(block, None)
         if old is not None:
             del self._block_of[old]
+            self._changed(old, False)
+
+    def _changed(self, block_hash: bytes, held: bool) -> None:
+        if self.on_change is not None:
+            self.on_change(block_hash, held)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from prfaas.kv.block_pool import BlockPool
+from prfaas.kv.changes import KvChanges, KvState
 from prfaas.kv.snapshots import LinearSnapshot, SnapshotStore
 from prfaas.kv.spec import HybridSpec
 
@@ -31,6 +32,18 @@ class HybridCache:
         self.snapshots = SnapshotStore(snapshot_bytes, always_hit=not spec.linear_layers)
         self._free_slots = list(range(max_seqs - 1, -1, -1))
         self.max_seqs = max_seqs
+
+    # -- what the prefix cache holds ----------------------------------------------------------------
+    def track_changes(self) -> KvChanges:
+        """Record, from now on, every full block registered or forgotten and every snapshot put or
+        evicted; the caller takes them (`KvChanges.take`) regularly."""
+        changes = KvChanges()
+        self.blocks.on_change = changes.block
+        self.snapshots.on_change = changes.snapshot
+        return changes
+
+    def held(self) -> KvState:
+        return KvState(tuple(self.blocks.cached_hashes()), tuple(self.snapshots.hashes()))
 
     # -- linear-state slots -------------------------------------------------------------------------
     @property

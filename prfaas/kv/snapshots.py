@@ -2,11 +2,14 @@
 
 A snapshot holds, for every linear layer, the recurrent state and the conv tail after exactly that
 many tokens. The store is bounded in bytes and evicts least recently used snapshots first.
+`on_change(hash, held)`, when set, hears every snapshot put (True) and evicted (False); a store that
+`always_hit`s holds none and reports nothing.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -28,6 +31,7 @@ class SnapshotStore:
         self.always_hit = always_hit  # a model without linear layers needs no snapshots
         self._items: OrderedDict[bytes, LinearSnapshot] = OrderedDict()
         self.used_bytes = 0
+        self.on_change: Callable[[bytes, bool], None] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -49,6 +53,16 @@ class SnapshotStore:
             self.used_bytes -= old.nbytes
         self._items[block_hash] = snap
         self.used_bytes += snap.nbytes
+        self._changed(block_hash, True)
         while self.used_bytes > self.capacity_bytes:
-            _, evicted = self._items.popitem(last=False)
+            evicted_hash, evicted = self._items.popitem(last=False)
             self.used_bytes -= evicted.nbytes
+            self._changed(evicted_hash, False)
+
+    def hashes(self) -> list[bytes]:
+        """The blocks at whose end a snapshot is held, least recently used first."""
+        return list(self._items)
+
+    def _changed(self, block_hash: bytes, held: bool) -> None:
+        if self.on_change is not None:
+            self.on_change(block_hash, held)

@@ -2,7 +2,9 @@
 
 Both store opaque values under `PoolKey`s through aiocache, and both answer the same four calls:
 `put` and `get` refresh recency, `contains` does not (a router probes every cluster but fetches from
-one), and `clear` drops a tenant or everything.
+one), and `clear` drops a tenant or everything. Both report what they hold (`held`) and how it changes
+(`kv`, a feed of bare block hashes: they are tenant-salted already): puts and clears on both, evictions
+only on the memory backend (Redis evicts on its own and tells no one, see `RedisBackend`).
 """
 
 from __future__ import annotations
@@ -10,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiocache import RedisCache, SimpleMemoryCache
 from aiocache.serializers import NullSerializer
 
-from prfaas.pool.keys import KEY_PREFIX, Kind, PoolKey, tenant_prefix
+from prfaas.kv.changes import KvFeed, KvState
+from prfaas.pool.keys import KEY_PREFIX, Kind, PoolKey, parse_key, tenant_prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +39,14 @@ class BackendUsage:
 
 
 class PoolBackend(Protocol):
+    kv: KvFeed
+
     async def put(self, records: Sequence[Record]) -> int: ...
     async def get(self, keys: Sequence[PoolKey]) -> list[Record | None]: ...
     async def contains(self, keys: Sequence[PoolKey]) -> list[bool]: ...
     async def clear(self, tenant: str | None) -> None: ...
     async def usage(self) -> BackendUsage: ...
+    async def held(self) -> KvState: ...
     async def close(self) -> None: ...
 
 
@@ -66,6 +72,7 @@ class MemoryBackend:
         self._used_bytes = 0
         self._num_evictions = 0
         self._lock = asyncio.Lock()
+        self.kv = KvFeed()
 
     async def put(self, records: Sequence[Record]) -> int:
         kept = [r for r in records if len(r.value) <= self.capacity_bytes]
@@ -75,8 +82,10 @@ class MemoryBackend:
                 self._forget(r.key)
                 self._lru[r.key] = _Slot(r.depth, len(r.value))
                 self._used_bytes += len(r.value)
+                _record(self.kv, r.key, True)
             self._touch([r.key for r in kept])
             await self._evict()
+            self.kv.flush()
         return sum(len(r.value) for r in kept)
 
     async def get(self, keys: Sequence[PoolKey]) -> list[Record | None]:
@@ -94,9 +103,14 @@ class MemoryBackend:
             for key in doomed:
                 self._forget(key)
             await self._values.clear(namespace=tenant_prefix(tenant) if tenant else f"{KEY_PREFIX}:")
+            _record_clear(self.kv, tenant, doomed)
 
     async def usage(self) -> BackendUsage:
         return BackendUsage(len(self._lru), self._used_bytes, self.capacity_bytes, self._num_evictions)
+
+    async def held(self) -> KvState:
+        async with self._lock:
+            return _state(list(self._lru))
 
     async def close(self) -> None:
         await self._values.close()
@@ -126,6 +140,7 @@ class MemoryBackend:
             doomed = [key, key.with_kind(Kind.SNAPSHOT)] if key.kind is Kind.KV else [key]
             for k in doomed:
                 if self._forget(k):
+                    _record(self.kv, k, False)
                     await self._values.delete(str(k))
                     self._num_evictions += 1
 
@@ -152,7 +167,9 @@ class RedisBackend:
     tie break and a snapshot may outlive its KV block; matching stays correct because a hit needs
     every KV block up to the snapshot. Dedicate the db to the pool: `num_entries` is its DBSIZE;
     `used_bytes`, `capacity_bytes` and `num_evictions` are Redis's own used_memory, maxmemory (None
-    when 0, unbounded) and evicted_keys.
+    when 0, unbounded) and evicted_keys. Its `kv` feed reports this backend's puts and clears but not
+    Redis's evictions (nor other nodes' puts), so an index fed by it can only over-estimate what the db
+    holds: a smaller hit than announced, never a wrong token. `held` lists the keys the db has now (SCAN).
     """
 
     def __init__(self, host: str, port: int, db: int = 0, password: str | None = None, timeout_s: float = 5.0) -> None:
@@ -164,10 +181,14 @@ class RedisBackend:
             serializer=NullSerializer(encoding=None),
             timeout=timeout_s,
         )
+        self.kv = KvFeed()
 
     async def put(self, records: Sequence[Record]) -> int:
         if records:
             await self._cache.multi_set([(str(r.key), _DEPTH.pack(r.depth) + r.value) for r in records])
+        for r in records:
+            _record(self.kv, r.key, True)
+        self.kv.flush()
         return sum(len(r.value) for r in records)
 
     async def get(self, keys: Sequence[PoolKey]) -> list[Record | None]:
@@ -183,12 +204,23 @@ class RedisBackend:
         return [bool(f) for f in flags]
 
     async def clear(self, tenant: str | None) -> None:
+        doomed: list[PoolKey] = []
+        async for keys in self._scan(tenant):
+            await self._cache.raw("unlink", *keys)
+            doomed += _parsed(keys)
+        _record_clear(self.kv, tenant, doomed)
+
+    async def held(self) -> KvState:
+        return _state([key async for keys in self._scan(None) for key in _parsed(keys)])
+
+    async def _scan(self, tenant: str | None) -> AsyncIterator[list[bytes]]:
+        """The pool's keys (of `tenant`, or of everyone), a non-empty batch at a time."""
         pattern = (tenant_prefix(tenant) if tenant else f"{KEY_PREFIX}:") + "*"
         cursor: Any = 0
         while True:
             cursor, keys = await self._cache.raw("scan", cursor, match=pattern, count=1000)
             if keys:
-                await self._cache.raw("unlink", *keys)
+                yield keys
             if int(cursor) == 0:
                 return
 
@@ -200,6 +232,33 @@ class RedisBackend:
 
     async def close(self) -> None:
         await self._cache.client.aclose()  # aiocache's close() calls redis-py's deprecated close()
+
+
+def _record(feed: KvFeed, key: PoolKey, held: bool) -> None:
+    record = feed.changes.block if key.kind is Kind.KV else feed.changes.snapshot
+    record(key.block_hash, held)
+
+
+def _record_clear(feed: KvFeed, tenant: str | None, doomed: Sequence[PoolKey]) -> None:
+    """Everything cleared, or only one tenant's keys removed (the other tenants' hashes stay)."""
+    if tenant is None:
+        feed.changes.clear()
+    else:
+        for key in doomed:
+            _record(feed, key, False)
+    feed.flush()
+
+
+def _state(keys: Sequence[PoolKey]) -> KvState:
+    return KvState(
+        tuple(k.block_hash for k in keys if k.kind is Kind.KV),
+        tuple(k.block_hash for k in keys if k.kind is Kind.SNAPSHOT),
+    )
+
+
+def _parsed(raw_keys: Sequence[bytes | str]) -> list[PoolKey]:
+    keys = (parse_key(k.decode() if isinstance(k, bytes) else k) for k in raw_keys)
+    return [k for k in keys if k is not None]
 
 
 def _unframe(key: PoolKey, raw: bytes | None) -> Record | None:

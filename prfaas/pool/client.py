@@ -27,28 +27,32 @@ class PoolClient:
         self.lookup_timeout_s, self.transfer_timeout_s = lookup_timeout_s, transfer_timeout_s
         self._publishing: set[asyncio.Task[None]] = set()
 
-    async def fill(self, ids: list[int], salt: bytes, tenant: str) -> int:
+    async def fill(self, ids: list[int], salt: bytes, tenant: str, hint_blocks: int | None = None) -> int:
         """Fetch a longer prefix than the engine holds from the pool into the engine's cache; returns the
-        pool's hit in blocks (0 when the pool fails)."""
-        block_size = self.engine.info.block_size
-        hashes = block_hashes(ids, block_size, salt)
+        pool's hit in blocks (0 when the pool fails). With `hint_blocks` (the router's view of the pool,
+        from its state stream) the lookup is skipped: a stale hint only fetches fewer blocks, since the pool
+        returns the prefix it still has."""
+        hashes = block_hashes(ids, self.engine.info.block_size, salt)
         try:
-            hit = await self.stub.LookupPrefix(
-                cachepool_pb2.LookupPrefixRequest(
-                    tenant_id=tenant, block_hashes=hashes, prompt_tokens=len(ids), block_size=block_size
-                ),
-                timeout=self.lookup_timeout_s,
-            )
+            hit = await self._lookup(ids, hashes, tenant) if hint_blocks is None else hint_blocks
             local = await self.engine.call(lambda e: e.match_prefix(ids, salt).num_blocks)
-            if hit.num_blocks > local:
-                request = cachepool_pb2.GetBlocksRequest(tenant_id=tenant, block_hashes=hashes[: hit.num_blocks])
+            if hit > local:
+                request = cachepool_pb2.GetBlocksRequest(tenant_id=tenant, block_hashes=hashes[:hit])
                 got = self.stub.GetBlocks(request, timeout=self.transfer_timeout_s)
                 blocks = [_block(r.block) async for r in got]
                 await self.engine.call(lambda e: e.import_blocks(ids, salt, blocks))
-            return int(hit.num_blocks)
+                hit = min(hit, len(blocks))
+            return hit
         except (grpc.aio.AioRpcError, WireError) as exc:
             log.warning("cache pool unavailable, prefilling without it: %s", exc)
             return 0
+
+    async def _lookup(self, ids: list[int], hashes: list[bytes], tenant: str) -> int:
+        block_size = self.engine.info.block_size
+        request = cachepool_pb2.LookupPrefixRequest(
+            tenant_id=tenant, block_hashes=hashes, prompt_tokens=len(ids), block_size=block_size
+        )
+        return int((await self.stub.LookupPrefix(request, timeout=self.lookup_timeout_s)).num_blocks)
 
     def publish(self, ids: list[int], salt: bytes, tenant: str, skip_blocks: int) -> None:
         """Push this prompt's blocks beyond the first `skip_blocks` to the pool in the background."""

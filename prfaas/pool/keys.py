@@ -46,6 +46,18 @@ class PoolKey:
         return PoolKey(self.tenant, kind, self.block_hash)
 
 
+def parse_key(text: str) -> PoolKey | None:
+    """The key `str(key)` rendered, or None for a string that is not a pool key."""
+    parts = text.split(":")
+    kinds = {k.value: k for k in Kind}
+    if len(parts) != 4 or parts[0] != KEY_PREFIX or parts[2] not in kinds or not _TENANT_RE.fullmatch(parts[1]):
+        return None
+    try:
+        return PoolKey(parts[1], kinds[parts[2]], _check_hash(bytes.fromhex(parts[3])))
+    except ValueError:
+        return None
+
+
 def kv_key(tenant: str, block_hash: bytes) -> PoolKey:
     return PoolKey(tenant, Kind.KV, _check_hash(block_hash))
 

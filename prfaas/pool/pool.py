@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
+from prfaas.kv.changes import KvListener, KvState
 from prfaas.kv.prefix import longest_hybrid_prefix
 from prfaas.pool.backends import PoolBackend, Record
 from prfaas.pool.keys import kv_key, snapshot_key, validate_tenant
@@ -130,6 +131,14 @@ class HybridPrefixPool:
     async def clear(self, tenant: str | None = None) -> None:
         """Drop every entry of `tenant`, or of all tenants when None. Counters are kept."""
         await self.backend.clear(None if tenant is None else validate_tenant(tenant))
+
+    def on_kv(self, listener: KvListener) -> None:
+        """Call `listener` with every change to what the pool holds (bare block hashes, see the backend)."""
+        self.backend.kv.subscribe(listener)
+
+    async def held(self) -> KvState:
+        """The blocks and snapshots the pool holds now, of every tenant."""
+        return await self.backend.held()
 
     async def close(self) -> None:
         await self.backend.close()

@@ -12,7 +12,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
@@ -59,6 +59,9 @@ class RunningServer:
     port: int
     health: health.aio.HealthServicer
     servicer: object | None = None  # the service's own servicer, for in-process inspection
+    # called as the server starts stopping: ends the calls that never end on their own (state streams),
+    # which would otherwise hold the whole grace period
+    closing: list[Callable[[], None]] = field(default_factory=list)
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -66,6 +69,8 @@ class RunningServer:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.set_serving(False)
+        for close in self.closing:
+            close()
         await self.server.stop(grace_s)
 
 

@@ -239,9 +239,8 @@ class KvReceiver:
 
     async def _commit(self, pending: Pending, first_token_id: int) -> decode_pb2.TransferKvResponse:
         rid = pending.request.request_id
-        ev = await self.engine.call(lambda e: e.finish_import(rid, first_token_id))
+        await self.engine.finish_import(rid, first_token_id)
         pending.committed = True
-        pending.events.put_nowait(ev)
         return decode_pb2.TransferKvResponse(done=decode_pb2.TransferDone(kv_bytes=pending.kv_bytes))
 
     async def _begin_import(

@@ -22,33 +22,34 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from prfaas.v1 import state_pb2 as prfaas_dot_v1_dot_state__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19prfaas/v1/cachepool.proto\x12\tprfaas.v1\"i\n\x13LookupPrefixRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62lock_hashes\x18\x02 \x03(\x0c\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x12\n\nblock_size\x18\x04 \x01(\r\">\n\x14LookupPrefixResponse\x12\x12\n\nnum_blocks\x18\x01 \x01(\r\x12\x12\n\nnum_tokens\x18\x02 \x01(\r\"J\n\x10PutBlocksRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12#\n\x05\x62lock\x18\x02 \x01(\x0b\x32\x14.prfaas.v1.PoolBlock\"L\n\tPoolBlock\x12\x12\n\nblock_hash\x18\x01 \x01(\x0c\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\r\x12\n\n\x02kv\x18\x03 \x01(\x0c\x12\x10\n\x08snapshot\x18\x04 \x01(\x0c\")\n\x11PutBlocksResponse\x12\x14\n\x0cstored_bytes\x18\x01 \x01(\x04\";\n\x10GetBlocksRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62lock_hashes\x18\x02 \x03(\x0c\"8\n\x11GetBlocksResponse\x12#\n\x05\x62lock\x18\x01 \x01(\x0b\x32\x14.prfaas.v1.PoolBlock\"\x11\n\x0fGetStatsRequest\"\x80\x01\n\x10GetStatsResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x01(\x04\x12\x12\n\nused_bytes\x18\x02 \x01(\x04\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04hits\x18\x04 \x01(\x04\x12\x0e\n\x06misses\x18\x05 \x01(\x04\x12\x11\n\tevictions\x18\x06 \x01(\x04\x32\xbc\x02\n\x10\x43\x61\x63hePoolService\x12O\n\x0cLookupPrefix\x12\x1e.prfaas.v1.LookupPrefixRequest\x1a\x1f.prfaas.v1.LookupPrefixResponse\x12H\n\tPutBlocks\x12\x1b.prfaas.v1.PutBlocksRequest\x1a\x1c.prfaas.v1.PutBlocksResponse(\x01\x12H\n\tGetBlocks\x12\x1b.prfaas.v1.GetBlocksRequest\x1a\x1c.prfaas.v1.GetBlocksResponse0\x01\x12\x43\n\x08GetStats\x12\x1a.prfaas.v1.GetStatsRequest\x1a\x1b.prfaas.v1.GetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19prfaas/v1/cachepool.proto\x12\tprfaas.v1\x1a\x15prfaas/v1/state.proto\"i\n\x13LookupPrefixRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62lock_hashes\x18\x02 \x03(\x0c\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x12\n\nblock_size\x18\x04 \x01(\r\">\n\x14LookupPrefixResponse\x12\x12\n\nnum_blocks\x18\x01 \x01(\r\x12\x12\n\nnum_tokens\x18\x02 \x01(\r\"J\n\x10PutBlocksRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12#\n\x05\x62lock\x18\x02 \x01(\x0b\x32\x14.prfaas.v1.PoolBlock\"L\n\tPoolBlock\x12\x12\n\nblock_hash\x18\x01 \x01(\x0c\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\r\x12\n\n\x02kv\x18\x03 \x01(\x0c\x12\x10\n\x08snapshot\x18\x04 \x01(\x0c\")\n\x11PutBlocksResponse\x12\x14\n\x0cstored_bytes\x18\x01 \x01(\x04\";\n\x10GetBlocksRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62lock_hashes\x18\x02 \x03(\x0c\"8\n\x11GetBlocksResponse\x12#\n\x05\x62lock\x18\x01 \x01(\x0b\x32\x14.prfaas.v1.PoolBlock\"\x11\n\x0fGetStatsRequest\"\x80\x01\n\x10GetStatsResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x01(\x04\x12\x12\n\nused_bytes\x18\x02 \x01(\x04\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04hits\x18\x04 \x01(\x04\x12\x0e\n\x06misses\x18\x05 \x01(\x04\x12\x11\n\tevictions\x18\x06 \x01(\x04\x32\xf7\x02\n\x10\x43\x61\x63hePoolService\x12O\n\x0cLookupPrefix\x12\x1e.prfaas.v1.LookupPrefixRequest\x1a\x1f.prfaas.v1.LookupPrefixResponse\x12H\n\tPutBlocks\x12\x1b.prfaas.v1.PutBlocksRequest\x1a\x1c.prfaas.v1.PutBlocksResponse(\x01\x12H\n\tGetBlocks\x12\x1b.prfaas.v1.GetBlocksRequest\x1a\x1c.prfaas.v1.GetBlocksResponse0\x01\x12\x43\n\x08GetStats\x12\x1a.prfaas.v1.GetStatsRequest\x1a\x1b.prfaas.v1.GetStatsResponse\x12\x39\n\x05Watch\x12\x17.prfaas.v1.WatchRequest\x1a\x15.prfaas.v1.StateEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'prfaas.v1.cachepool_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOOKUPPREFIXREQUEST']._serialized_start=40
-  _globals['_LOOKUPPREFIXREQUEST']._serialized_end=145
-  _globals['_LOOKUPPREFIXRESPONSE']._serialized_start=147
-  _globals['_LOOKUPPREFIXRESPONSE']._serialized_end=209
-  _globals['_PUTBLOCKSREQUEST']._serialized_start=211
-  _globals['_PUTBLOCKSREQUEST']._serialized_end=285
-  _globals['_POOLBLOCK']._serialized_start=287
-  _globals['_POOLBLOCK']._serialized_end=363
-  _globals['_PUTBLOCKSRESPONSE']._serialized_start=365
-  _globals['_PUTBLOCKSRESPONSE']._serialized_end=406
-  _globals['_GETBLOCKSREQUEST']._serialized_start=408
-  _globals['_GETBLOCKSREQUEST']._serialized_end=467
-  _globals['_GETBLOCKSRESPONSE']._serialized_start=469
-  _globals['_GETBLOCKSRESPONSE']._serialized_end=525
-  _globals['_GETSTATSREQUEST']._serialized_start=527
-  _globals['_GETSTATSREQUEST']._serialized_end=544
-  _globals['_GETSTATSRESPONSE']._serialized_start=547
-  _globals['_GETSTATSRESPONSE']._serialized_end=675
-  _globals['_CACHEPOOLSERVICE']._serialized_start=678
-  _globals['_CACHEPOOLSERVICE']._serialized_end=994
+  _globals['_LOOKUPPREFIXREQUEST']._serialized_start=63
+  _globals['_LOOKUPPREFIXREQUEST']._serialized_end=168
+  _globals['_LOOKUPPREFIXRESPONSE']._serialized_start=170
+  _globals['_LOOKUPPREFIXRESPONSE']._serialized_end=232
+  _globals['_PUTBLOCKSREQUEST']._serialized_start=234
+  _globals['_PUTBLOCKSREQUEST']._serialized_end=308
+  _globals['_POOLBLOCK']._serialized_start=310
+  _globals['_POOLBLOCK']._serialized_end=386
+  _globals['_PUTBLOCKSRESPONSE']._serialized_start=388
+  _globals['_PUTBLOCKSRESPONSE']._serialized_end=429
+  _globals['_GETBLOCKSREQUEST']._serialized_start=431
+  _globals['_GETBLOCKSREQUEST']._serialized_end=490
+  _globals['_GETBLOCKSRESPONSE']._serialized_start=492
+  _globals['_GETBLOCKSRESPONSE']._serialized_end=548
+  _globals['_GETSTATSREQUEST']._serialized_start=550
+  _globals['_GETSTATSREQUEST']._serialized_end=567
+  _globals['_GETSTATSRESPONSE']._serialized_start=570
+  _globals['_GETSTATSRESPONSE']._serialized_end=698
+  _globals['_CACHEPOOLSERVICE']._serialized_start=701
+  _globals['_CACHEPOOLSERVICE']._serialized_end=1076
 # @@protoc_insertion_point(module_scope)

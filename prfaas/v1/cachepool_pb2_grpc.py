@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from prfaas.v1 import cachepool_pb2 as prfaas_dot_v1_dot_cachepool__pb2
+from prfaas.v1 import state_pb2 as prfaas_dot_v1_dot_state__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -55,6 +56,11 @@ class CachePoolServiceStub:
                 request_serializer=prfaas_dot_v1_dot_cachepool__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=prfaas_dot_v1_dot_cachepool__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/prfaas.v1.CachePoolService/Watch',
+                request_serializer=prfaas_dot_v1_dot_state__pb2.WatchRequest.SerializeToString,
+                response_deserializer=prfaas_dot_v1_dot_state__pb2.StateEvent.FromString,
+                _registered_method=True)
 
 
 class CachePoolServiceServicer:
@@ -89,6 +95,13 @@ class CachePoolServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """Streams the pool's state: a snapshot of the blocks and snapshots it holds, then ordered deltas.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CachePoolServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +124,11 @@ def add_CachePoolServiceServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=prfaas_dot_v1_dot_cachepool__pb2.GetStatsRequest.FromString,
                     response_serializer=prfaas_dot_v1_dot_cachepool__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=prfaas_dot_v1_dot_state__pb2.WatchRequest.FromString,
+                    response_serializer=prfaas_dot_v1_dot_state__pb2.StateEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +240,33 @@ class CachePoolService:
             '/prfaas.v1.CachePoolService/GetStats',
             prfaas_dot_v1_dot_cachepool__pb2.GetStatsRequest.SerializeToString,
             prfaas_dot_v1_dot_cachepool__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/prfaas.v1.CachePoolService/Watch',
+            prfaas_dot_v1_dot_state__pb2.WatchRequest.SerializeToString,
+            prfaas_dot_v1_dot_state__pb2.StateEvent.FromString,
             options,
             channel_credentials,
             insecure,

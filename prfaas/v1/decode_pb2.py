@@ -23,41 +23,40 @@ _sym_db = _symbol_database.Default()
 
 
 from prfaas.v1 import common_pb2 as prfaas_dot_v1_dot_common__pb2
+from prfaas.v1 import state_pb2 as prfaas_dot_v1_dot_state__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16prfaas/v1/decode.proto\x12\tprfaas.v1\x1a\x16prfaas/v1/common.proto\"v\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.prfaas.v1.SamplingParams\"e\n\x0e\x44\x65\x63odeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12.\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x17.prfaas.v1.FinishReason\x12\x10\n\x08kv_bytes\x18\x03 \x01(\x04\"\x95\x01\n\x11TransferKvRequest\x12\'\n\x04open\x18\x01 \x01(\x0b\x32\x17.prfaas.v1.TransferOpenH\x00\x12\x12\n\x08manifest\x18\x02 \x01(\x0cH\x00\x12\x0f\n\x05\x63hunk\x18\x03 \x01(\x0cH\x00\x12+\n\x06\x63ommit\x18\x04 \x01(\x0b\x32\x19.prfaas.v1.TransferCommitH\x00\x42\x05\n\x03msg\"\x85\x01\n\x0cTransferOpen\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x14\n\x0cstream_index\x18\x04 \x01(\r\x12\x13\n\x0bnum_streams\x18\x05 \x01(\r\x12\x12\n\ndata_plane\x18\x06 \x01(\x08\"(\n\x0eTransferCommit\x12\x16\n\x0e\x66irst_token_id\x18\x01 \x01(\r\"\x89\x01\n\x12TransferKvResponse\x12+\n\x06\x61\x63\x63\x65pt\x18\x01 \x01(\x0b\x32\x19.prfaas.v1.TransferAcceptH\x00\x12\x16\n\x0c\x63redit_bytes\x18\x02 \x01(\x04H\x00\x12\'\n\x04\x64one\x18\x03 \x01(\x0b\x32\x17.prfaas.v1.TransferDoneH\x00\x42\x05\n\x03msg\"c\n\x0eTransferAccept\x12\x14\n\x0cstart_tokens\x18\x01 \x01(\r\x12\x14\n\x0c\x63redit_bytes\x18\x02 \x01(\x04\x12\x11\n\tdata_port\x18\x03 \x01(\r\x12\x12\n\ndata_token\x18\x04 \x01(\x0c\" \n\x0cTransferDone\x12\x10\n\x08kv_bytes\x18\x01 \x01(\x04\":\n\x12MatchPrefixRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\",\n\x13MatchPrefixResponse\x12\x15\n\rcached_tokens\x18\x01 \x01(\r\"\x16\n\x14GetDecodeLoadRequest\"|\n\x15GetDecodeLoadResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\r\x12\x13\n\x0b\x66ree_blocks\x18\x02 \x01(\r\x12,\n\x07samples\x18\x03 \x03(\x0b\x32\x1b.prfaas.v1.DecodeStepSample\x12\x10\n\x08max_seqs\x18\x04 \x01(\r\"2\n\x10\x44\x65\x63odeStepSample\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\r\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x32\x95\x03\n\rDecodeService\x12?\n\x06\x44\x65\x63ode\x12\x18.prfaas.v1.DecodeRequest\x1a\x19.prfaas.v1.DecodeResponse0\x01\x12M\n\nTransferKv\x12\x1c.prfaas.v1.TransferKvRequest\x1a\x1d.prfaas.v1.TransferKvResponse(\x01\x30\x01\x12L\n\x0bMatchPrefix\x12\x1d.prfaas.v1.MatchPrefixRequest\x1a\x1e.prfaas.v1.MatchPrefixResponse\x12R\n\rGetDecodeLoad\x12\x1f.prfaas.v1.GetDecodeLoadRequest\x1a .prfaas.v1.GetDecodeLoadResponse\x12R\n\rGetWorkerInfo\x12\x1f.prfaas.v1.GetWorkerInfoRequest\x1a .prfaas.v1.GetWorkerInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16prfaas/v1/decode.proto\x12\tprfaas.v1\x1a\x16prfaas/v1/common.proto\x1a\x15prfaas/v1/state.proto\"v\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.prfaas.v1.SamplingParams\"e\n\x0e\x44\x65\x63odeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12.\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x17.prfaas.v1.FinishReason\x12\x10\n\x08kv_bytes\x18\x03 \x01(\x04\"\x95\x01\n\x11TransferKvRequest\x12\'\n\x04open\x18\x01 \x01(\x0b\x32\x17.prfaas.v1.TransferOpenH\x00\x12\x12\n\x08manifest\x18\x02 \x01(\x0cH\x00\x12\x0f\n\x05\x63hunk\x18\x03 \x01(\x0cH\x00\x12+\n\x06\x63ommit\x18\x04 \x01(\x0b\x32\x19.prfaas.v1.TransferCommitH\x00\x42\x05\n\x03msg\"\x85\x01\n\x0cTransferOpen\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\r\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x14\n\x0cstream_index\x18\x04 \x01(\r\x12\x13\n\x0bnum_streams\x18\x05 \x01(\r\x12\x12\n\ndata_plane\x18\x06 \x01(\x08\"(\n\x0eTransferCommit\x12\x16\n\x0e\x66irst_token_id\x18\x01 \x01(\r\"\x89\x01\n\x12TransferKvResponse\x12+\n\x06\x61\x63\x63\x65pt\x18\x01 \x01(\x0b\x32\x19.prfaas.v1.TransferAcceptH\x00\x12\x16\n\x0c\x63redit_bytes\x18\x02 \x01(\x04H\x00\x12\'\n\x04\x64one\x18\x03 \x01(\x0b\x32\x17.prfaas.v1.TransferDoneH\x00\x42\x05\n\x03msg\"c\n\x0eTransferAccept\x12\x14\n\x0cstart_tokens\x18\x01 \x01(\r\x12\x14\n\x0c\x63redit_bytes\x18\x02 \x01(\x04\x12\x11\n\tdata_port\x18\x03 \x01(\r\x12\x12\n\ndata_token\x18\x04 \x01(\x0c\" \n\x0cTransferDone\x12\x10\n\x08kv_bytes\x18\x01 \x01(\x04\":\n\x12MatchPrefixRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\",\n\x13MatchPrefixResponse\x12\x15\n\rcached_tokens\x18\x01 \x01(\r\"\x16\n\x14GetDecodeLoadRequest\"|\n\x15GetDecodeLoadResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\r\x12\x13\n\x0b\x66ree_blocks\x18\x02 \x01(\r\x12,\n\x07samples\x18\x03 \x03(\x0b\x32\x1b.prfaas.v1.DecodeStepSample\x12\x10\n\x08max_seqs\x18\x04 \x01(\r2\xd0\x03\n\rDecodeService\x12?\n\x06\x44\x65\x63ode\x12\x18.prfaas.v1.DecodeRequest\x1a\x19.prfaas.v1.DecodeResponse0\x01\x12M\n\nTransferKv\x12\x1c.prfaas.v1.TransferKvRequest\x1a\x1d.prfaas.v1.TransferKvResponse(\x01\x30\x01\x12L\n\x0bMatchPrefix\x12\x1d.prfaas.v1.MatchPrefixRequest\x1a\x1e.prfaas.v1.MatchPrefixResponse\x12R\n\rGetDecodeLoad\x12\x1f.prfaas.v1.GetDecodeLoadRequest\x1a .prfaas.v1.GetDecodeLoadResponse\x12R\n\rGetWorkerInfo\x12\x1f.prfaas.v1.GetWorkerInfoRequest\x1a .prfaas.v1.GetWorkerInfoResponse\x12\x39\n\x05Watch\x12\x17.prfaas.v1.WatchRequest\x1a\x15.prfaas.v1.StateEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'prfaas.v1.decode_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DECODEREQUEST']._serialized_start=61
-  _globals['_DECODEREQUEST']._serialized_end=179
-  _globals['_DECODERESPONSE']._serialized_start=181
-  _globals['_DECODERESPONSE']._serialized_end=282
-  _globals['_TRANSFERKVREQUEST']._serialized_start=285
-  _globals['_TRANSFERKVREQUEST']._serialized_end=434
-  _globals['_TRANSFEROPEN']._serialized_start=437
-  _globals['_TRANSFEROPEN']._serialized_end=570
-  _globals['_TRANSFERCOMMIT']._serialized_start=572
-  _globals['_TRANSFERCOMMIT']._serialized_end=612
-  _globals['_TRANSFERKVRESPONSE']._serialized_start=615
-  _globals['_TRANSFERKVRESPONSE']._serialized_end=752
-  _globals['_TRANSFERACCEPT']._serialized_start=754
-  _globals['_TRANSFERACCEPT']._serialized_end=853
-  _globals['_TRANSFERDONE']._serialized_start=855
-  _globals['_TRANSFERDONE']._serialized_end=887
-  _globals['_MATCHPREFIXREQUEST']._serialized_start=889
-  _globals['_MATCHPREFIXREQUEST']._serialized_end=947
-  _globals['_MATCHPREFIXRESPONSE']._serialized_start=949
-  _globals['_MATCHPREFIXRESPONSE']._serialized_end=993
-  _globals['_GETDECODELOADREQUEST']._serialized_start=995
-  _globals['_GETDECODELOADREQUEST']._serialized_end=1017
-  _globals['_GETDECODELOADRESPONSE']._serialized_start=1019
-  _globals['_GETDECODELOADRESPONSE']._serialized_end=1143
-  _globals['_DECODESTEPSAMPLE']._serialized_start=1145
-  _globals['_DECODESTEPSAMPLE']._serialized_end=1195
-  _globals['_DECODESERVICE']._serialized_start=1198
-  _globals['_DECODESERVICE']._serialized_end=1603
+  _globals['_DECODEREQUEST']._serialized_start=84
+  _globals['_DECODEREQUEST']._serialized_end=202
+  _globals['_DECODERESPONSE']._serialized_start=204
+  _globals['_DECODERESPONSE']._serialized_end=305
+  _globals['_TRANSFERKVREQUEST']._serialized_start=308
+  _globals['_TRANSFERKVREQUEST']._serialized_end=457
+  _globals['_TRANSFEROPEN']._serialized_start=460
+  _globals['_TRANSFEROPEN']._serialized_end=593
+  _globals['_TRANSFERCOMMIT']._serialized_start=595
+  _globals['_TRANSFERCOMMIT']._serialized_end=635
+  _globals['_TRANSFERKVRESPONSE']._serialized_start=638
+  _globals['_TRANSFERKVRESPONSE']._serialized_end=775
+  _globals['_TRANSFERACCEPT']._serialized_start=777
+  _globals['_TRANSFERACCEPT']._serialized_end=876
+  _globals['_TRANSFERDONE']._serialized_start=878
+  _globals['_TRANSFERDONE']._serialized_end=910
+  _globals['_MATCHPREFIXREQUEST']._serialized_start=912
+  _globals['_MATCHPREFIXREQUEST']._serialized_end=970
+  _globals['_MATCHPREFIXRESPONSE']._serialized_start=972
+  _globals['_MATCHPREFIXRESPONSE']._serialized_end=1016
+  _globals['_GETDECODELOADREQUEST']._serialized_start=1018
+  _globals['_GETDECODELOADREQUEST']._serialized_end=1040
+  _globals['_GETDECODELOADRESPONSE']._serialized_start=1042
+  _globals['_GETDECODELOADRESPONSE']._serialized_end=1166
+  _globals['_DECODESERVICE']._serialized_start=1169
+  _globals['_DECODESERVICE']._serialized_end=1633
 # @@protoc_insertion_point(module_scope)

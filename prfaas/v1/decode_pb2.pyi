@@ -1,4 +1,5 @@
 from prfaas.v1 import common_pb2 as _common_pb2
+from prfaas.v1 import state_pb2 as _state_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -117,14 +118,6 @@ class GetDecodeLoadResponse(_message.Message):
     MAX_SEQS_FIELD_NUMBER: _ClassVar[int]
     active: int
     free_blocks: int
-    samples: _containers.RepeatedCompositeFieldContainer[DecodeStepSample]
+    samples: _containers.RepeatedCompositeFieldContainer[_state_pb2.DecodeStepSample]
     max_seqs: int
-    def __init__(self, active: _Optional[int] = ..., free_blocks: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[DecodeStepSample, _Mapping]]] = ..., max_seqs: _Optional[int] = ...) -> None: ...
-
-class DecodeStepSample(_message.Message):
-    __slots__ = ("batch", "seconds")
-    BATCH_FIELD_NUMBER: _ClassVar[int]
-    SECONDS_FIELD_NUMBER: _ClassVar[int]
-    batch: int
-    seconds: float
-    def __init__(self, batch: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+    def __init__(self, active: _Optional[int] = ..., free_blocks: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[_state_pb2.DecodeStepSample, _Mapping]]] = ..., max_seqs: _Optional[int] = ...) -> None: ...

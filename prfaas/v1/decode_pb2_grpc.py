@@ -5,6 +5,7 @@ import warnings
 
 from prfaas.v1 import common_pb2 as prfaas_dot_v1_dot_common__pb2
 from prfaas.v1 import decode_pb2 as prfaas_dot_v1_dot_decode__pb2
+from prfaas.v1 import state_pb2 as prfaas_dot_v1_dot_state__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -61,6 +62,11 @@ class DecodeServiceStub:
                 request_serializer=prfaas_dot_v1_dot_common__pb2.GetWorkerInfoRequest.SerializeToString,
                 response_deserializer=prfaas_dot_v1_dot_common__pb2.GetWorkerInfoResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/prfaas.v1.DecodeService/Watch',
+                request_serializer=prfaas_dot_v1_dot_state__pb2.WatchRequest.SerializeToString,
+                response_deserializer=prfaas_dot_v1_dot_state__pb2.StateEvent.FromString,
+                _registered_method=True)
 
 
 class DecodeServiceServicer:
@@ -102,6 +108,13 @@ class DecodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """Streams the worker's state: a snapshot of its KV and load, then ordered deltas.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +142,11 @@ def add_DecodeServiceServicer_to_server(servicer, server):
                     servicer.GetWorkerInfo,
                     request_deserializer=prfaas_dot_v1_dot_common__pb2.GetWorkerInfoRequest.FromString,
                     response_serializer=prfaas_dot_v1_dot_common__pb2.GetWorkerInfoResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=prfaas_dot_v1_dot_state__pb2.WatchRequest.FromString,
+                    response_serializer=prfaas_dot_v1_dot_state__pb2.StateEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +285,33 @@ class DecodeService:
             '/prfaas.v1.DecodeService/GetWorkerInfo',
             prfaas_dot_v1_dot_common__pb2.GetWorkerInfoRequest.SerializeToString,
             prfaas_dot_v1_dot_common__pb2.GetWorkerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/prfaas.v1.DecodeService/Watch',
+            prfaas_dot_v1_dot_state__pb2.WatchRequest.SerializeToString,
+            prfaas_dot_v1_dot_state__pb2.StateEvent.FromString,
             options,
             channel_credentials,
             insecure,

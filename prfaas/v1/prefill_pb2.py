@@ -23,25 +23,24 @@ _sym_db = _symbol_database.Default()
 
 
 from prfaas.v1 import common_pb2 as prfaas_dot_v1_dot_common__pb2
+from prfaas.v1 import state_pb2 as prfaas_dot_v1_dot_state__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17prfaas/v1/prefill.proto\x12\tprfaas.v1\x1a\x16prfaas/v1/common.proto\"\x9e\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.prfaas.v1.SamplingParams\x12\x16\n\x0e\x64\x65\x63ode_address\x18\x05 \x01(\t\x12\r\n\x05\x65poch\x18\x06 \x01(\r\"\x90\x02\n\x0fPrefillResponse\x12\x16\n\x0e\x66irst_token_id\x18\x01 \x01(\r\x12\x15\n\rcached_tokens\x18\x02 \x01(\r\x12\x1e\n\x16receiver_cached_tokens\x18\x03 \x01(\r\x12\x10\n\x08kv_bytes\x18\x04 \x01(\x04\x12\x12\n\nnum_chunks\x18\x05 \x01(\r\x12\x11\n\tprefill_s\x18\x06 \x01(\x01\x12\x12\n\ntransfer_s\x18\x07 \x01(\x01\x12\x0f\n\x07queue_s\x18\x08 \x01(\x01\x12\x0e\n\x06tail_s\x18\t \x01(\x01\x12\x18\n\x10last_layer_bytes\x18\n \x01(\x04\x12\x13\n\x0bnum_streams\x18\x0b \x01(\r\x12\x11\n\tstalled_s\x18\x0c \x01(\x01\"\x10\n\x0eGetLoadRequest\"}\n\x0fGetLoadResponse\x12\x13\n\x0bqueue_depth\x18\x01 \x01(\r\x12\x15\n\rqueued_tokens\x18\x02 \x01(\x04\x12\x13\n\x0b\x66ree_blocks\x18\x03 \x01(\r\x12)\n\x07samples\x18\x04 \x03(\x0b\x32\x18.prfaas.v1.PrefillSample\"B\n\rPrefillSample\x12\x0e\n\x06tokens\x18\x01 \x01(\r\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x12\x10\n\x08kv_bytes\x18\x03 \x01(\x04\x32\xe8\x01\n\x0ePrefillService\x12@\n\x07Prefill\x12\x19.prfaas.v1.PrefillRequest\x1a\x1a.prfaas.v1.PrefillResponse\x12@\n\x07GetLoad\x12\x19.prfaas.v1.GetLoadRequest\x1a\x1a.prfaas.v1.GetLoadResponse\x12R\n\rGetWorkerInfo\x12\x1f.prfaas.v1.GetWorkerInfoRequest\x1a .prfaas.v1.GetWorkerInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17prfaas/v1/prefill.proto\x12\tprfaas.v1\x1a\x16prfaas/v1/common.proto\x1a\x15prfaas/v1/state.proto\"\xca\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.prfaas.v1.SamplingParams\x12\x16\n\x0e\x64\x65\x63ode_address\x18\x05 \x01(\t\x12\r\n\x05\x65poch\x18\x06 \x01(\r\x12\x17\n\x0fpool_hit_blocks\x18\x07 \x01(\r\x12\x11\n\tpool_hint\x18\x08 \x01(\x08\"\x90\x02\n\x0fPrefillResponse\x12\x16\n\x0e\x66irst_token_id\x18\x01 \x01(\r\x12\x15\n\rcached_tokens\x18\x02 \x01(\r\x12\x1e\n\x16receiver_cached_tokens\x18\x03 \x01(\r\x12\x10\n\x08kv_bytes\x18\x04 \x01(\x04\x12\x12\n\nnum_chunks\x18\x05 \x01(\r\x12\x11\n\tprefill_s\x18\x06 \x01(\x01\x12\x12\n\ntransfer_s\x18\x07 \x01(\x01\x12\x0f\n\x07queue_s\x18\x08 \x01(\x01\x12\x0e\n\x06tail_s\x18\t \x01(\x01\x12\x18\n\x10last_layer_bytes\x18\n \x01(\x04\x12\x13\n\x0bnum_streams\x18\x0b \x01(\r\x12\x11\n\tstalled_s\x18\x0c \x01(\x01\"\x10\n\x0eGetLoadRequest\"}\n\x0fGetLoadResponse\x12\x13\n\x0bqueue_depth\x18\x01 \x01(\r\x12\x15\n\rqueued_tokens\x18\x02 \x01(\x04\x12\x13\n\x0b\x66ree_blocks\x18\x03 \x01(\r\x12)\n\x07samples\x18\x04 \x03(\x0b\x32\x18.prfaas.v1.PrefillSample2\xa3\x02\n\x0ePrefillService\x12@\n\x07Prefill\x12\x19.prfaas.v1.PrefillRequest\x1a\x1a.prfaas.v1.PrefillResponse\x12@\n\x07GetLoad\x12\x19.prfaas.v1.GetLoadRequest\x1a\x1a.prfaas.v1.GetLoadResponse\x12R\n\rGetWorkerInfo\x12\x1f.prfaas.v1.GetWorkerInfoRequest\x1a .prfaas.v1.GetWorkerInfoResponse\x12\x39\n\x05Watch\x12\x17.prfaas.v1.WatchRequest\x1a\x15.prfaas.v1.StateEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'prfaas.v1.prefill_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PREFILLREQUEST']._serialized_start=63
-  _globals['_PREFILLREQUEST']._serialized_end=221
-  _globals['_PREFILLRESPONSE']._serialized_start=224
-  _globals['_PREFILLRESPONSE']._serialized_end=496
-  _globals['_GETLOADREQUEST']._serialized_start=498
-  _globals['_GETLOADREQUEST']._serialized_end=514
-  _globals['_GETLOADRESPONSE']._serialized_start=516
-  _globals['_GETLOADRESPONSE']._serialized_end=641
-  _globals['_PREFILLSAMPLE']._serialized_start=643
-  _globals['_PREFILLSAMPLE']._serialized_end=709
-  _globals['_PREFILLSERVICE']._serialized_start=712
-  _globals['_PREFILLSERVICE']._serialized_end=944
+  _globals['_PREFILLREQUEST']._serialized_start=86
+  _globals['_PREFILLREQUEST']._serialized_end=288
+  _globals['_PREFILLRESPONSE']._serialized_start=291
+  _globals['_PREFILLRESPONSE']._serialized_end=563
+  _globals['_GETLOADREQUEST']._serialized_start=565
+  _globals['_GETLOADREQUEST']._serialized_end=581
+  _globals['_GETLOADRESPONSE']._serialized_start=583
+  _globals['_GETLOADRESPONSE']._serialized_end=708
+  _globals['_PREFILLSERVICE']._serialized_start=711
+  _globals['_PREFILLSERVICE']._serialized_end=1002
 # @@protoc_insertion_point(module_scope)

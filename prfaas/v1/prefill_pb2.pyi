@@ -1,4 +1,5 @@
 from prfaas.v1 import common_pb2 as _common_pb2
+from prfaas.v1 import state_pb2 as _state_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -8,20 +9,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PrefillRequest(_message.Message):
-    __slots__ = ("request_id", "tenant_id", "token_ids", "sampling", "decode_address", "epoch")
+    __slots__ = ("request_id", "tenant_id", "token_ids", "sampling", "decode_address", "epoch", "pool_hit_blocks", "pool_hint")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     DECODE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    POOL_HIT_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    POOL_HINT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     tenant_id: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     sampling: _common_pb2.SamplingParams
     decode_address: str
     epoch: int
-    def __init__(self, request_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., decode_address: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+    pool_hit_blocks: int
+    pool_hint: bool
+    def __init__(self, request_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., decode_address: _Optional[str] = ..., epoch: _Optional[int] = ..., pool_hit_blocks: _Optional[int] = ..., pool_hint: _Optional[bool] = ...) -> None: ...
 
 class PrefillResponse(_message.Message):
     __slots__ = ("first_token_id", "cached_tokens", "receiver_cached_tokens", "kv_bytes", "num_chunks", "prefill_s", "transfer_s", "queue_s", "tail_s", "last_layer_bytes", "num_streams", "stalled_s")
@@ -64,15 +69,5 @@ class GetLoadResponse(_message.Message):
     queue_depth: int
     queued_tokens: int
     free_blocks: int
-    samples: _containers.RepeatedCompositeFieldContainer[PrefillSample]
-    def __init__(self, queue_depth: _Optional[int] = ..., queued_tokens: _Optional[int] = ..., free_blocks: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[PrefillSample, _Mapping]]] = ...) -> None: ...
-
-class PrefillSample(_message.Message):
-    __slots__ = ("tokens", "seconds", "kv_bytes")
-    TOKENS_FIELD_NUMBER: _ClassVar[int]
-    SECONDS_FIELD_NUMBER: _ClassVar[int]
-    KV_BYTES_FIELD_NUMBER: _ClassVar[int]
-    tokens: int
-    seconds: float
-    kv_bytes: int
-    def __init__(self, tokens: _Optional[int] = ..., seconds: _Optional[float] = ..., kv_bytes: _Optional[int] = ...) -> None: ...
+    samples: _containers.RepeatedCompositeFieldContainer[_state_pb2.PrefillSample]
+    def __init__(self, queue_depth: _Optional[int] = ..., queued_tokens: _Optional[int] = ..., free_blocks: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[_state_pb2.PrefillSample, _Mapping]]] = ...) -> None: ...

@@ -1,4 +1,4 @@
-"""Cache pool service: a thin gRPC shell over `HybridPrefixPool`."""
+"""Cache pool service: a thin gRPC shell over `HybridPrefixPool`, publishing what it holds (`Watch`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from prfaas.pool import BlockEntry, HybridPrefixPool, make_pool
 from prfaas.service.grpc_server import RunningServer, start_server
 from prfaas.service.status import abort
 from prfaas.service.tls import service_tls
-from prfaas.v1 import cachepool_pb2, cachepool_pb2_grpc
+from prfaas.service.watch import serve_watch
+from prfaas.state import StatePublisher
+from prfaas.state.sources import pool_publisher
+from prfaas.v1 import cachepool_pb2, cachepool_pb2_grpc, state_pb2
 from services.cachepool.settings import CachePoolSettings
 
 DEFAULT_TENANT = "default"
@@ -26,8 +29,9 @@ def _entry(block: cachepool_pb2.PoolBlock) -> BlockEntry:
 
 
 class CachePoolServicer(cachepool_pb2_grpc.CachePoolServiceServicer):
-    def __init__(self, pool: HybridPrefixPool) -> None:
+    def __init__(self, pool: HybridPrefixPool, state: StatePublisher) -> None:
         self.pool = pool
+        self.state = state
 
     async def LookupPrefix(
         self, request: cachepool_pb2.LookupPrefixRequest, context: grpc.aio.ServicerContext
@@ -81,10 +85,17 @@ class CachePoolServicer(cachepool_pb2_grpc.CachePoolServiceServicer):
             evictions=s.num_evictions,
         )
 
+    async def Watch(
+        self, request: state_pb2.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[state_pb2.StateEvent]:
+        async for event in serve_watch(self.state, context):
+            yield event
+
 
 async def build_server(settings: CachePoolSettings) -> tuple[RunningServer, Callable[[], Awaitable[None]]]:
     pool = make_pool(settings.backend)
-    servicer = CachePoolServicer(pool)
+    state = pool_publisher(pool)
+    servicer = CachePoolServicer(pool, state)
     running = await start_server(
         settings.host,
         settings.port,
@@ -92,4 +103,6 @@ async def build_server(settings: CachePoolSettings) -> tuple[RunningServer, Call
         [cachepool_pb2.DESCRIPTOR.services_by_name["CachePoolService"].full_name],
         tls=service_tls(settings),
     )
+    running.servicer = servicer
+    running.closing.append(state.close)
     return running, pool.close

@@ -1,5 +1,6 @@
 """Decode worker: registers requests (`Decode`), receives their state (`TransferKv`, served by the
-library's `KvReceiver`), decodes them in the shared continuous batch and streams tokens back."""
+library's `KvReceiver`), decodes them in the shared continuous batch and streams tokens back; publishes
+its prefix cache and load (`Watch`)."""
 
 from __future__ import annotations
 
@@ -17,20 +18,27 @@ from prfaas.engine.validation import InvalidRequest
 from prfaas.service.convert import finish_reason_pb, sampling_from_pb, tenant_salt
 from prfaas.service.grpc_server import RunningServer, start_server
 from prfaas.service.status import abort, refuse
+from prfaas.service.watch import serve_watch
 from prfaas.service.worker import worker_info
+from prfaas.state import StatePublisher
+from prfaas.state.sources import decode_samples, engine_publisher
 from prfaas.telemetry import metrics
 from prfaas.transfer.dataplane import DataListener
 from prfaas.transfer.framing import add_decode_service
 from prfaas.transfer.receiver import LEASE_EXPIRED, KvReceiver, Pending, TransferRefused
-from prfaas.v1 import common_pb2, decode_pb2, decode_pb2_grpc
+from prfaas.v1 import common_pb2, decode_pb2, decode_pb2_grpc, state_pb2
 from services.decode.settings import DecodeSettings
 
 
 class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
-    def __init__(self, engine: AsyncEngine, settings: DecodeSettings, data: DataListener | None = None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, settings: DecodeSettings, state: StatePublisher, data: DataListener | None = None
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.receiver = KvReceiver(engine, settings, data)
+        self.state = state
+        state.add_load(lambda: state_pb2.LoadReport(registered=len(self.receiver.pending)))
 
     async def Decode(
         self, request: decode_pb2.DecodeRequest, context: grpc.aio.ServicerContext
@@ -42,11 +50,13 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except TransferRefused as exc:
             await refuse(context, exc.code, str(exc))
+        self.state.report_load()
         try:
             async for msg in self._tokens(pending, context):
                 yield msg
         finally:
             self.receiver.unregister(request.request_id)
+            self.state.report_load()
 
     async def _tokens(
         self, pending: Pending, context: grpc.aio.ServicerContext
@@ -97,7 +107,7 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
         active, free = len(self.receiver.pending), self.engine.free_blocks
         metrics.ACTIVE_SEQUENCES.labels("decode").set(active)
         metrics.KV_BLOCKS_FREE.labels("decode").set(free)
-        samples = [decode_pb2.DecodeStepSample(batch=b, seconds=s) for b, s in list(self.engine.decode_steps)[-64:]]
+        samples = decode_samples(self.engine.decode_steps)
         return decode_pb2.GetDecodeLoadResponse(
             active=active, free_blocks=free, samples=samples, max_seqs=self.engine.info.max_seqs
         )
@@ -107,9 +117,16 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
     ) -> common_pb2.GetWorkerInfoResponse:
         return common_pb2.GetWorkerInfoResponse(info=worker_info(self.settings, self.engine.info.fingerprint))
 
+    async def Watch(
+        self, request: state_pb2.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[state_pb2.StateEvent]:
+        async for event in serve_watch(self.state, context):
+            yield event
 
-async def start_receiver(runner: AsyncEngine, settings: DecodeSettings) -> DecodeServicer:
-    """The decode role of a worker: its KV data plane (`kv_data_port`, with the gRPC port's TLS) and leases."""
+
+async def start_receiver(runner: AsyncEngine, settings: DecodeSettings, state: StatePublisher) -> DecodeServicer:
+    """The decode role of a worker: its KV data plane (`kv_data_port`, with the gRPC port's TLS), leases, and
+    its load in the worker's state stream."""
     tls = settings.tls
     data = await DataListener.start(
         settings.host,
@@ -117,7 +134,7 @@ async def start_receiver(runner: AsyncEngine, settings: DecodeSettings) -> Decod
         ssl_context=tls.server_ssl_context() if tls else None,
         max_buffered_bytes=settings.credit_window_bytes,
     )
-    servicer = DecodeServicer(runner, settings, data)
+    servicer = DecodeServicer(runner, settings, state, data)
     servicer.receiver.start_leases()
     return servicer
 
@@ -135,7 +152,8 @@ async def build_server(
     data plane, stops the engine)."""
     runner = AsyncEngine(engine or build_engine(settings), "decode-engine", settings.threads)
     runner.start()
-    servicer = await start_receiver(runner, settings)
+    state = engine_publisher(runner, worker_info(settings, runner.info.fingerprint))
+    servicer = await start_receiver(runner, settings, state)
     running = await start_server(
         settings.host,
         settings.port,
@@ -144,6 +162,7 @@ async def build_server(
         tls=settings.tls,
     )
     running.servicer = servicer
+    running.closing.append(state.close)
 
     async def cleanup() -> None:
         await stop_receiver(servicer)

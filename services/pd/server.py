@@ -1,5 +1,6 @@
 """PD worker: one engine behind both `PrefillService` and `DecodeService`, so the router can convert
-it between the prefill and decode roles (paper §3.4.3, long timescale) without restarting it."""
+it between the prefill and decode roles (paper §3.4.3, long timescale) without restarting it. One state
+stream serves both services' `Watch`, its load carrying both roles' fields."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from prfaas.engine.async_engine import AsyncEngine
 from prfaas.engine.engine import Engine
 from prfaas.engine.settings import build_engine
 from prfaas.service.grpc_server import RunningServer, start_server
+from prfaas.service.worker import worker_info
+from prfaas.state.sources import engine_publisher
 from prfaas.transfer.framing import add_decode_service
 from prfaas.v1 import decode_pb2, prefill_pb2, prefill_pb2_grpc
 from services.decode.server import start_receiver, stop_receiver
@@ -21,8 +24,9 @@ async def build_server(
 ) -> tuple[RunningServer, Callable[[], Awaitable[None]]]:
     runner = AsyncEngine(engine or build_engine(settings), "pd-engine", settings.threads)
     runner.start()
-    prefill = PrefillServicer(runner, settings)
-    decode = await start_receiver(runner, settings)  # PdSettings is a DecodeSettings: every decode knob applies
+    state = engine_publisher(runner, worker_info(settings, runner.info.fingerprint))
+    prefill = PrefillServicer(runner, settings, state)
+    decode = await start_receiver(runner, settings, state)  # PdSettings is a DecodeSettings: every decode knob applies
     running = await start_server(
         settings.host,
         settings.port,
@@ -36,6 +40,7 @@ async def build_server(
         ],
         tls=settings.tls,
     )
+    running.closing.append(state.close)
 
     async def cleanup() -> None:
         await stop_receiver(decode)

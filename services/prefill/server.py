@@ -1,13 +1,13 @@
 """Prefill worker: prefills a prompt (reusing its cached prefix, from the cluster pool too) and streams
 the state, layer by layer while later layers compute, to the decode worker the router chose
-(`prfaas.transfer.export`)."""
+(`prfaas.transfer.export`); publishes its prefix cache and load (`Watch`)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -19,25 +19,29 @@ from prfaas.pool.client import PoolClient
 from prfaas.service.convert import check_request_id, check_tenant, sampling_from_pb, tenant_salt
 from prfaas.service.grpc_server import RunningServer, channel, start_server
 from prfaas.service.status import abort, shed
+from prfaas.service.watch import serve_watch
 from prfaas.service.worker import worker_info
+from prfaas.state import StatePublisher
+from prfaas.state.sources import engine_publisher
 from prfaas.telemetry import metrics
 from prfaas.transfer.dataplane import data_host
 from prfaas.transfer.export import ExportJob, ExportTarget, ExportTiming, export_state
 from prfaas.transfer.sender import DataPlaneTarget, TransferError, TransferStats
-from prfaas.v1 import common_pb2, prefill_pb2, prefill_pb2_grpc
+from prfaas.v1 import common_pb2, prefill_pb2, prefill_pb2_grpc, state_pb2
 from services.prefill.settings import PrefillSettings
 
 
 class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
-    def __init__(self, engine: AsyncEngine, settings: PrefillSettings) -> None:
+    def __init__(self, engine: AsyncEngine, settings: PrefillSettings, state: StatePublisher) -> None:
         self.engine = engine
         self.settings = settings
+        self.state = state
         self.tls = settings.tls
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._queued_tokens = 0
         self._active = 0
         self._aborting: set[asyncio.Future[bool]] = set()
-        self.samples: deque[prefill_pb2.PrefillSample] = deque(maxlen=128)
+        self.samples: deque[state_pb2.PrefillSample] = deque(maxlen=128)
         self._data_ssl = self.tls.client_ssl_context() if self.tls else None  # data plane: same CA and identity
         self.pool = (
             PoolClient(
@@ -49,6 +53,7 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
             if settings.pool
             else None
         )
+        state.add_load(self._load)
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -67,6 +72,7 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
             await shed(context, f"prefill worker has {self._active} requests queued or running (max_queued_requests)")
         self._active += 1
         self._queued_tokens += len(job.token_ids)
+        self.state.report_load()
         try:
             return await self._prefill(job, request)
         except TransferError as exc:
@@ -80,6 +86,7 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
         finally:
             self._active -= 1
             self._queued_tokens -= len(job.token_ids)
+            self.state.report_load()
 
     async def _job(self, request: prefill_pb2.PrefillRequest) -> ExportJob:
         """The request as a job for this engine; raises ValueError / InvalidRequest naming what to fix."""
@@ -95,7 +102,8 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
         """Fill the prefix cache from the pool, prefill and ship the state, publish the new blocks."""
         arrival = time.perf_counter()
         tenant = request.tenant_id
-        pool_blocks = await self.pool.fill(job.token_ids, job.salt, tenant) if self.pool else 0
+        hint = request.pool_hit_blocks if request.pool_hint else None
+        pool_blocks = await self.pool.fill(job.token_ids, job.salt, tenant, hint) if self.pool else 0
         target = self._target(request.decode_address)
         stats, timing = await export_state(self.engine, job, target, arrival, self._aborting)
         done = time.perf_counter()
@@ -123,7 +131,7 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
         metrics.PREFILL_SECONDS.labels(self.settings.cluster).observe(prefill_s)
         metrics.KV_TRANSFER_STALL_SECONDS.inc(stats.stalled_s)
         computed = prompt_tokens - timing.cached_tokens
-        self.samples.append(prefill_pb2.PrefillSample(tokens=computed, seconds=prefill_s, kv_bytes=stats.kv_bytes))
+        self.samples.append(state_pb2.PrefillSample(tokens=computed, seconds=prefill_s, kv_bytes=stats.kv_bytes))
 
     async def GetLoad(
         self, request: prefill_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
@@ -139,6 +147,18 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
         self, request: common_pb2.GetWorkerInfoRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.GetWorkerInfoResponse:
         return common_pb2.GetWorkerInfoResponse(info=worker_info(self.settings, self.engine.info.fingerprint))
+
+    async def Watch(
+        self, request: state_pb2.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[state_pb2.StateEvent]:
+        async for event in serve_watch(self.state, context):
+            yield event
+
+    def _load(self) -> state_pb2.LoadReport:
+        """The prefill role's part of the worker's load."""
+        return state_pb2.LoadReport(
+            queue_depth=self._active, queued_tokens=self._queued_tokens, prefill_samples=list(self.samples)
+        )
 
 
 def _response(stats: TransferStats, timing: ExportTiming, done: float) -> prefill_pb2.PrefillResponse:
@@ -165,7 +185,8 @@ async def build_server(
     """Start a prefill worker; returns the server and a cleanup coroutine."""
     runner = AsyncEngine(engine or build_engine(settings), "prefill-engine", settings.threads)
     runner.start()
-    servicer = PrefillServicer(runner, settings)
+    state = engine_publisher(runner, worker_info(settings, runner.info.fingerprint))
+    servicer = PrefillServicer(runner, settings, state)
     running = await start_server(
         settings.host,
         settings.port,
@@ -174,6 +195,7 @@ async def build_server(
         tls=servicer.tls,
     )
     running.servicer = servicer
+    running.closing.append(state.close)
 
     async def cleanup() -> None:
         await servicer.close()

@@ -66,6 +66,8 @@ class AttemptCalls:
             decode_address=routed.decoder,
             epoch=epoch,
         )
+        if routed.pool_hit_blocks is not None:  # the worker need not look its pool up again
+            request.pool_hint, request.pool_hit_blocks = True, routed.pool_hit_blocks
         liveness_s = watch.liveness_timeout_s
         gone = watch.health.unresponsive(routed.prefill, liveness_s)
         prefill = asyncio.ensure_future(while_alive(prefill_stub.Prefill(request, timeout=timeout_s), gone, liveness_s))

@@ -37,6 +37,7 @@ class RouterControl:
         self.samples: dict[str, list[PrefillSample]] = {PRFAAS: [], PD: []}
         self.decode_samples: list[DecodeSample] = []
         self.replans = 0
+        self.collect: Callable[[], None] | None = None  # refreshes the samples from the workers' reports
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -97,6 +98,12 @@ class RouterControl:
         )
 
     def replan(self) -> bool:
+        """Re-fit the profiles from the latest samples and re-plan t (on the event loop's thread)."""
+        if self.collect is not None:
+            self.collect()
+        return self._replan()
+
+    def _replan(self) -> bool:
         obs = self.observation()
         if obs is None:
             return False
@@ -120,7 +127,9 @@ class RouterControl:
 
     async def replan_and_rebalance(self) -> int:
         """Re-plan off the event loop, then convert PD workers toward the recommended split."""
-        if not await asyncio.to_thread(self.replan):
+        if self.collect is not None:
+            self.collect()
+        if not await asyncio.to_thread(self._replan):
             return 0
         target = self.policy.recommended_split
         if target is None or self._rebalance is None or target == self._split():

@@ -19,6 +19,7 @@ class Routed:
     decoder: str
     prefill: str
     prompt_tokens: int
+    pool_hit_blocks: int | None = None  # the route's pool holds this much of the prompt (None: unknown)
 
 
 def route_info(r: Routed, done: prefill_pb2.PrefillResponse, ttft_s: float) -> router_pb2.RouteInfo:

@@ -10,6 +10,7 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 import grpc
@@ -20,9 +21,18 @@ from prfaas.sched.routing import PD, PRFAAS
 from prfaas.service.auth import BearerTokenInterceptor
 from prfaas.service.grpc_server import RunningServer, StartupError, channel, start_server
 from prfaas.service.status import RETRY_AFTER_KEY, abort, shed
+from prfaas.state.table import SourceTable
 from prfaas.telemetry import metrics
 from prfaas.telemetry.tracing import tracer
-from prfaas.v1 import common_pb2, decode_pb2, decode_pb2_grpc, prefill_pb2, router_pb2, router_pb2_grpc
+from prfaas.v1 import (
+    cachepool_pb2_grpc,
+    common_pb2,
+    decode_pb2_grpc,
+    prefill_pb2_grpc,
+    router_pb2,
+    router_pb2_grpc,
+    state_pb2,
+)
 from services.router.attempt import AttemptCalls, Watch
 from services.router.cluster import Cluster
 from services.router.control import RouterControl
@@ -33,12 +43,16 @@ from services.router.report import breakdown, observe_prefill, route_info
 from services.router.retry import AttemptFailed, attempt_id, resumed, should_retry
 from services.router.roles import DECODE_ROLE, PREFILL_ROLE, RoleTable
 from services.router.settings import RouterSettings, split_addresses
+from services.router.watch import StateWatcher
 from services.router.worker_check import check_workers
 
 if TYPE_CHECKING:
     from services.router.http_api import OpenAiApi
 
 log = logging.getLogger(__name__)
+Watchable = (
+    decode_pb2_grpc.DecodeServiceStub | prefill_pb2_grpc.PrefillServiceStub | cachepool_pb2_grpc.CachePoolServiceStub
+)
 
 
 class RouterError(Exception):
@@ -61,37 +75,46 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.roles = RoleTable(pd_prefill, decoders, dual, settings.pd_prefill_workers)
         self.tls = settings.tls
         self.health = Health(settings.health_interval_s, self.tls)
+        self.table = SourceTable()  # what the workers and pools publish
+        self.watcher = StateWatcher(self.table, self.health, settings.health_interval_s)
         prfaas = self._cluster(PRFAAS, split_addresses(settings.prfaas_prefill), settings.prfaas_pool, None)
         pd = self._cluster(PD, [*pd_prefill, *dual], settings.pd_pool, self._pd_prefill)
         self.clusters = {PRFAAS: prfaas, PD: pd}
         self.decode = {a: decode_pb2_grpc.DecodeServiceStub(channel(a, self.tls)) for a in [*decoders, *dual]}
         self.inflight = 0  # Generate calls admitted and not finished (bounded by max_inflight_requests)
         self.control = RouterControl(settings, len(prfaas.prefill), self.roles.split, self.rebalance)
-        self.dispatch = Dispatcher(settings, self.control, self.clusters, self.decode, self.health, self.roles)
+        self.dispatch = Dispatcher(settings, self.control, self.clusters, self.table, self.health, self.roles)
+        self.control.collect = self.dispatch.collect_samples
         self._watch = Watch(self.health, settings.liveness_timeout_s, settings.token_stall_timeout_s)
 
     def _cluster(
         self, name: str, prefill: Sequence[str], pool: str, members: Callable[[], Sequence[str]] | None
     ) -> Cluster:
-        s = self.settings
-        return Cluster(name, prefill, pool, members, self.tls, self.health, s.probe_timeout_s, s.prefix_copy_timeout_s)
+        return Cluster(name, prefill, pool, members, self.tls, self.settings.prefix_copy_timeout_s)
 
     def _pd_prefill(self) -> list[str]:
         return self.roles.members(PREFILL_ROLE)
 
+    def follow_sources(self) -> None:
+        """Subscribe to every worker's and pool's state stream (`watch.py`); a PD worker's one stream
+        serves both its roles."""
+        sources: dict[str, Watchable] = dict(self.decode)
+        for cluster in self.clusters.values():
+            sources = {**cluster.prefill, **sources}
+            if cluster.pool is not None:
+                sources[cluster.pool_address] = cluster.pool
+        for address, stub in sources.items():
+            self.watcher.follow(address, partial(stub.Watch, state_pb2.WatchRequest()))
+
     async def rebalance(self, target: Split) -> int:
-        """Convert dual-role PD workers toward `target` (drain, then switch)."""
-        timeout_s = self.settings.probe_timeout_s
+        """Convert dual-role PD workers toward `target` (drain, then switch); a worker's old-role work in
+        flight is read from its load reports."""
 
-        async def prefill_in_flight(addr: str) -> int:
-            load = await self.clusters[PD].prefill[addr].GetLoad(prefill_pb2.GetLoadRequest(), timeout=timeout_s)
-            return int(load.queue_depth)
+        async def in_flight(addr: str) -> int:
+            state = self.table.load(addr)
+            return 0 if state is None else int(state.load.queue_depth + state.load.registered + state.sent)
 
-        async def decode_in_flight(addr: str) -> int:
-            load = await self.decode[addr].GetDecodeLoad(decode_pb2.GetDecodeLoadRequest(), timeout=timeout_s)
-            return int(load.active)
-
-        probes = {PREFILL_ROLE: prefill_in_flight, DECODE_ROLE: decode_in_flight}
+        probes = {PREFILL_ROLE: in_flight, DECODE_ROLE: in_flight}
         return await self.roles.rebalance(target, probes, self.settings.drain_timeout_s)
 
     async def Generate(
@@ -206,11 +229,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         finally:
             if calls.done is None:
                 self.control.prefilled(route, 0, 0.0)
+                self.table.finished(routed.prefill)
+            self.table.finished(routed.decoder)
             calls.cancel()
 
     async def _first_token(self, calls: AttemptCalls, arrival: float, fresh: bool) -> router_pb2.RouteInfo | None:
         """The prefill's answer feeds the controller; a fresh request's first token carries the route info."""
         done = await calls.prefilled()
+        self.table.finished(calls.routed.prefill)
         decision = calls.routed.decision
         self.control.prefilled(decision.route, done.kv_bytes, done.transfer_s, done.tail_s, done.prefill_s)
         if not fresh:
@@ -240,6 +266,7 @@ async def build_server(settings: RouterSettings) -> tuple[RunningServer, Callabl
     decode = [*split_addresses(settings.decode), *split_addresses(settings.pd_workers)]
     await check_workers(prefill, decode, settings.block_size, settings.tls, settings.probe_timeout_s)
     servicer = RouterServicer(settings)
+    servicer.follow_sources()
     servicer.control.start()
     servicer.health.start()
     name = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
@@ -259,6 +286,7 @@ async def build_server(settings: RouterSettings) -> tuple[RunningServer, Callabl
     async def cleanup() -> None:
         if http is not None:
             await http.stop()
+        await servicer.watcher.stop()
         await servicer.health.stop()
         await servicer.control.stop()
 

@@ -34,7 +34,7 @@ class RouterSettings(ServerSettings):
     liveness_timeout_s: float = 10.0  # an attempt whose prefill worker answers no health check this long is retried
     token_stall_timeout_s: float = 60.0  # a generating decode stream with no token this long is retried elsewhere
     health_interval_s: float = 1.0  # a backend marked down gets a health check this often until it answers
-    probe_timeout_s: float = 2.0  # load probes, prefix lookups and the startup check of each worker
+    probe_timeout_s: float = 2.0  # the startup check of each worker (GetWorkerInfo)
     prefix_copy_timeout_s: float = 30.0  # copying a cached prefix from one cluster's pool to the other's
     policy: str = "prfaas"  # prfaas, prfaas-static-t, prfaas-no-cache, prfaas-no-short, homogeneous, naive
     link_gbps: float = 100.0  # capacity of the PrfaaS -> PD link (utilization = measured egress / this)

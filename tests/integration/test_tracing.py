@@ -59,9 +59,9 @@ async def test_one_request_is_one_trace_across_all_services(monkeypatch: pytest.
         "prfaas-router",
         "prfaas-prefill-prfaas",
         "prfaas-decode",
-        "prfaas-cachepool-prfaas",
-        "prfaas-cachepool-pd",
+        "prfaas-cachepool-prfaas",  # the PrfaaS prefill worker publishes the prompt's blocks to its pool
     } <= services
+    assert "prfaas-cachepool-pd" not in services  # the router asks no pool: it routes from their state streams
     ids = {s.span_id for _, s in spans}
     roots = [s for _, s in spans if not s.parent_span_id]
     assert roots == [generate]  # everything else hangs off the router's span
@@ -73,7 +73,7 @@ async def test_one_request_is_one_trace_across_all_services(monkeypatch: pytest.
         "kv.transfer",
         "prfaas.v1.DecodeService/TransferKv",
         "prfaas.v1.PrefillService/Prefill",
-        "prfaas.v1.CachePoolService/LookupPrefix",
+        "prfaas.v1.CachePoolService/PutBlocks",
     } <= names
     transfer = next(s for _, s in spans if s.name == "kv.transfer")
     attrs = {a.key for a in transfer.attributes}

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
+from prfaas.kv.changes import KvDelta, KvState
 from prfaas.kv.prefix import block_hashes
 from prfaas.pool import BlockEntry, HybridPrefixPool, MemoryBackend
 
@@ -118,6 +119,27 @@ class TestPoolApi:
         assert (stats.capacity_bytes, stats.num_evictions) == (capacity_bytes, 0)
         assert stats.used_bytes >= 40
 
+    async def test_reports_its_puts_and_lists_what_it_holds(self, pool: HybridPrefixPool) -> None:
+        heard: list[KvDelta] = []
+        pool.on_kv(heard.append)
+        hashes = chain(2)
+        await pool.put_blocks("t", entries(hashes, snaps=(1,)))
+        assert heard == [KvDelta(stored=tuple(hashes), snapshots_stored=(hashes[1],))]  # bare hashes
+        held = await pool.held()
+        assert (sorted(held.block_hashes), held.snapshot_hashes) == (sorted(hashes), (hashes[1],))
+
+    async def test_reports_a_tenant_cleared_as_removals_and_everything_cleared(self, pool: HybridPrefixPool) -> None:
+        a, b = chain(1, 0), chain(1, 1)
+        await pool.put_blocks("t", entries(a, snaps=(0,)))
+        await pool.put_blocks("u", entries(b))
+        heard: list[KvDelta] = []
+        pool.on_kv(heard.append)
+        await pool.clear("t")
+        assert heard == [KvDelta(removed=tuple(a), snapshots_removed=tuple(a))]
+        assert await pool.held() == KvState(tuple(b))
+        await pool.clear()
+        assert heard[1:] == [KvDelta(cleared=True)] and await pool.held() == KvState()
+
     @pytest.mark.parametrize("tenant", ["", "x" * 65, "a b", "a:b", "a*", "ünï", "a\n", "a/b"])
     async def test_bad_tenant_ids_are_rejected(self, pool: HybridPrefixPool, tenant: str) -> None:
         hashes = chain(1)
@@ -216,3 +238,15 @@ async def test_byte_accounting() -> None:
     await pool.clear("t")
     stats = await pool.stats()
     assert (stats.num_entries, stats.used_bytes, stats.capacity_bytes, stats.num_evictions) == (1, 10, 100, 0)
+
+
+async def test_evictions_are_reported_with_the_snapshots_they_take_along() -> None:
+    pool, _ = _memory_pool(40)
+    a, b = chain(2, 0), chain(1, 1)
+    await pool.put_blocks("t", entries(a, snaps=(1,)))
+    await pool.get_snapshot("t", a[1])
+    heard: list[KvDelta] = []
+    pool.on_kv(heard.append)
+    await pool.put_blocks("t", entries(b, kv_bytes=20))  # A1's KV goes, its snapshot with it
+    assert heard == [KvDelta(removed=(a[1],), snapshots_removed=(a[1],), stored=(b[0],))]
+    assert await pool.held() == KvState((a[0], b[0]))  # what it holds, the next to be evicted first
