@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -81,6 +82,13 @@ def build_requests(spec: WorkloadSpec) -> list[LoadRequest]:
     if spec.max_prompt_tokens is not None:
         requests = [LoadRequest(r.at_s, r.token_ids[: spec.max_prompt_tokens], r.output_tokens) for r in requests]
     return requests
+
+
+def retokened(requests: Sequence[LoadRequest], seed: int) -> list[LoadRequest]:
+    """The same arrivals and lengths with other random tokens: a second pass over a stack that shares no
+    prefix with the first (so the two are compared on equal terms)."""
+    rng = np.random.default_rng(seed)
+    return [LoadRequest(r.at_s, _random_tokens(rng, len(r.token_ids)), r.output_tokens) for r in requests]
 
 
 def _scaled(n: float, scale: float) -> int:
@@ -182,18 +190,22 @@ async def run_load(
     timeout_s: float = 600.0,
     retries: int = 0,
     backoff_s: float = 0.1,
+    openai_url: str | None = None,
+    model: str = "kimi-linear-tiny",
 ) -> list[RequestRecord]:
     """Send `requests` open loop; wait up to `drain_s` after `duration_s` for stragglers, then cancel them.
 
     By default rejections are not retried (the client gets RESOURCE_EXHAUSTED as a user without retries
     would), so overload shows up as errors and latency rather than as a slower arrival process; `retries`
     and `backoff_s` give the SDK's retry policy instead (UNAVAILABLE and RESOURCE_EXHAUSTED before the first
-    token, jittered exponential backoff)."""
+    token, jittered exponential backoff). With `openai_url` the requests go through the router's OpenAI HTTP
+    API instead (the official `openai` client, streaming, greedy, no retries)."""
     records = [RequestRecord(r.at_s, len(r.token_ids), request_id=new_request_id()) for r in requests]
     async with AsyncClient(router, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s) as client:
+        send = _grpc_sender(client) if openai_url is None else _openai_sender(openai_url, model, timeout_s)
         t0 = time.perf_counter()
         clock = lambda: time.perf_counter() - t0  # noqa: E731
-        tasks = [asyncio.create_task(_one(client, r, rec, clock)) for r, rec in zip(requests, records, strict=True)]
+        tasks = [asyncio.create_task(_one(send, r, rec, clock)) for r, rec in zip(requests, records, strict=True)]
         ticker = asyncio.create_task(_tick(records, clock, progress)) if progress else None
         deadline = duration_s + drain_s
         if tasks:
@@ -210,26 +222,80 @@ async def run_load(
     return records
 
 
-async def _one(client: AsyncClient, req: LoadRequest, rec: RequestRecord, clock: Callable[[], float]) -> None:
+Sender = Callable[[LoadRequest, RequestRecord, Callable[[], float]], Awaitable[None]]
+
+
+async def _one(send: Sender, req: LoadRequest, rec: RequestRecord, clock: Callable[[], float]) -> None:
     await asyncio.sleep(max(0.0, req.at_s - clock()))
-    sampling = Sampling(max_new_tokens=req.output_tokens, ignore_eos=True)
     try:
-        async for chunk in client.stream(list(req.token_ids), sampling, request_id=rec.request_id):
-            now = clock()
-            if chunk.route is not None:
-                rec.route, rec.cached_tokens = chunk.route.route, chunk.route.cached_tokens
-                rec.kv_bytes, rec.decode_worker = chunk.route.kv_bytes, chunk.route.decode_worker
-                rec.breakdown_s = {k: getattr(chunk.route, k) for k in BREAKDOWN}
-            if chunk.token_ids:
-                rec.last_token_s = now
-                if rec.first_token_s is None:
-                    rec.first_token_s = now
-            rec.num_tokens += len(chunk.token_ids)
+        await send(req, rec, clock)
         rec.done_s = clock()
     except PrfaasError as exc:
         rec.error, rec.failed_s = exc.code.name, clock()
     except grpc.RpcError as exc:
         rec.error, rec.failed_s = exc.code().name, clock()
+    except HttpApiError as exc:
+        rec.error, rec.failed_s = str(exc), clock()
+
+
+def _grpc_sender(client: AsyncClient) -> Sender:
+    async def send(req: LoadRequest, rec: RequestRecord, clock: Callable[[], float]) -> None:
+        sampling = Sampling(max_new_tokens=req.output_tokens, ignore_eos=True)
+        async for chunk in client.stream(list(req.token_ids), sampling, request_id=rec.request_id):
+            if chunk.route is not None:
+                rec.route, rec.cached_tokens = chunk.route.route, chunk.route.cached_tokens
+                rec.kv_bytes, rec.decode_worker = chunk.route.kv_bytes, chunk.route.decode_worker
+                rec.breakdown_s = {k: getattr(chunk.route, k) for k in BREAKDOWN}
+            _tokens(rec, len(chunk.token_ids), clock())
+
+    return send
+
+
+class HttpApiError(Exception):
+    """An OpenAI API call failed; the message is the SDK's error class (e.g. RateLimitError)."""
+
+
+def _openai_sender(base_url: str, model: str, timeout_s: float) -> Sender:
+    """Completions over the OpenAI HTTP API (the `openai` package: `pip install 'prfaas[test]'`): streamed,
+    greedy, with the generated token ids (`return_token_ids`)."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="prfaas", max_retries=0, timeout=timeout_s)
+    extra = {"ignore_eos": True, "return_token_ids": True}
+
+    async def send(req: LoadRequest, rec: RequestRecord, clock: Callable[[], float]) -> None:
+        try:
+            stream = await client.completions.create(
+                model=model,
+                prompt=list(req.token_ids),
+                max_tokens=req.output_tokens,
+                temperature=0,
+                stream=True,
+                extra_body=extra,
+            )
+            async for chunk in stream:
+                _openai_chunk(rec, chunk.model_extra or {}, [c.model_extra or {} for c in chunk.choices], clock())
+        except openai.OpenAIError as exc:
+            raise HttpApiError(type(exc).__name__) from exc
+
+    return send
+
+
+def _openai_chunk(rec: RequestRecord, extra: dict[str, Any], choices: list[dict[str, Any]], now: float) -> None:
+    route = extra.get("prfaas")
+    if route and not rec.route:
+        rec.route, rec.cached_tokens, rec.kv_bytes = route["route"], route["cached_tokens"], route["kv_bytes"]
+        rec.decode_worker = route.get("decode_worker", "")
+        rec.breakdown_s = {k: route[k] for k in BREAKDOWN if k in route}
+    _tokens(rec, sum(len(c.get("token_ids") or ()) for c in choices), now)
+
+
+def _tokens(rec: RequestRecord, n: int, now: float) -> None:
+    if n:
+        rec.last_token_s = now
+        if rec.first_token_s is None:
+            rec.first_token_s = now
+    rec.num_tokens += n
 
 
 async def _tick(

@@ -13,14 +13,16 @@ import asyncio
 import dataclasses
 import json
 import math
+import os
 import re
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from prfaas.bench.load import LoadRequest, RequestRecord, WorkloadSpec, run_load
+from prfaas.bench.load import LoadRequest, RequestRecord, WorkloadSpec, retokened, run_load
 from prfaas.netem import LinkSpec, parse_link_spec
 from prfaas.netem.shaper import run_command
 from prfaas.sched.planner import evaluate, homogeneous_baseline, naive_baseline
@@ -137,6 +139,13 @@ class RunResult:
     samples: list[Sample]
     duration_s: float
     warmup_s: float
+    api: str = "grpc"  # the front the requests came through: "grpc" (the SDK) or "openai" (HTTP)
+    router_cpu_s: float | None = None  # CPU seconds the router process spent during the run
+
+    @property
+    def label(self) -> str:
+        """The policy, and the front when it is not the gRPC one (keys of records.json, plot legends)."""
+        return self.policy if self.api == "grpc" else f"{self.policy}-{self.api}"
 
 
 def policy_topology(base: Topology, policy: str) -> Topology:
@@ -211,3 +220,51 @@ def run_policy(
         workload.duration_s,
         warmup_s,
     )
+
+
+APIS = ("grpc", "openai")
+
+
+def run_fronts(
+    topology: Topology,
+    link: LinkSpec | None,
+    requests: Sequence[LoadRequest],
+    workload: WorkloadSpec,
+    apis: Sequence[str],
+    *,
+    warmup_s: float,
+    drain_s: float = 30.0,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> list[RunResult]:
+    """The same workload through each front (`apis`) on one stack, one after the other, with the router's
+    CPU time measured around each. Each pass after the first gets the same arrivals and lengths with other
+    tokens (`retokened`), so no pass finds the previous one's prefixes cached."""
+    results = []
+    with LocalStack(dataclasses.replace(topology, http_port=0), link) as stack:
+        router_pid = stack.service("router").proc.pid
+        for i, api in enumerate(apis):
+            batch = requests if i == 0 else retokened(requests, workload.seed + 1000 + i)
+            url = stack.openai_url if api == "openai" else None
+            cpu0 = process_cpu_s(router_pid)
+            load = run_load(
+                stack.router,
+                batch,
+                duration_s=workload.duration_s,
+                drain_s=drain_s,
+                progress=progress,
+                openai_url=url,
+                model=topology.model,
+            )
+            records = asyncio.run(load)
+            cpu_s = process_cpu_s(router_pid) - cpu0
+            link_text = None if link is None else str(link)
+            results.append(
+                RunResult(topology.policy, topology, link_text, records, [], workload.duration_s, warmup_s, api, cpu_s)
+            )
+    return results
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

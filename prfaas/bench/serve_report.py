@@ -41,6 +41,8 @@ class ServeSummary:
     link_utilization_p90: float | None
     predicted_rps: float | None = None  # the planner's throughput for this deployment, scaled
     ttft_breakdown_s: dict[str, dict[str, float]] = field(default_factory=dict)  # route -> mean of each part
+    api: str = "grpc"  # the front the requests came through
+    router_cpu_ms_per_request: float | None = None  # the router process's CPU time over the run / requests sent
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,6 +87,8 @@ def summarize(run: RunResult, slo: Slo, predicted_rps: float | None = None) -> S
         float(np.percentile(util, 90)) if util else None,
         predicted_rps,
         _breakdowns(steady),
+        run.api,
+        None if run.router_cpu_s is None else run.router_cpu_s / max(len(run.records), 1) * 1e3,
     )
 
 
@@ -93,7 +97,7 @@ def _breakdowns(records: Sequence[RequestRecord]) -> dict[str, dict[str, float]]
     out = {}
     for route in sorted({r.route for r in records if r.breakdown_s}):
         mine = [r for r in records if r.route == route and r.breakdown_s and r.ttft_s is not None]
-        parts = {k: float(np.mean([r.breakdown_s[k] for r in mine if r.breakdown_s])) for k in BREAKDOWN}
+        parts = {k: float(np.mean([r.breakdown_s.get(k, math.nan) for r in mine if r.breakdown_s])) for k in BREAKDOWN}
         out[route] = {**parts, "ttft_s": float(np.mean([r.ttft_s for r in mine if r.ttft_s is not None]))}
     return out
 
@@ -140,6 +144,29 @@ def format_compare(summaries: Sequence[ServeSummary]) -> str:
     return "\n".join(lines)
 
 
+API_TTFT_P50_TARGET = 1.10  # the OpenAI front's TTFT p50 within 10% of gRPC's
+API_CPU_TARGET_MS = 1.0  # and at most 1 ms more router CPU per request
+
+
+def format_api_compare(summaries: Sequence[ServeSummary]) -> str:
+    """The fronts side by side (the first is the baseline), and each one's figures against the targets."""
+    base = summaries[0]
+    lines = [f"{'front':<8} {'done':>9} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} {'router CPU ms/req':>18}"]
+    for s in summaries:
+        cpu = math.nan if s.router_cpu_ms_per_request is None else s.router_cpu_ms_per_request
+        done = f"{s.completed}/{s.sent}"
+        lines.append(f"{s.api:<8} {done:>9} {s.ttft_s['p50'] * 1e3:>12.1f} {s.ttft_s['p99'] * 1e3:>12.1f} {cpu:>18.2f}")
+    for s in summaries[1:]:
+        ttft = s.ttft_s["p50"] / base.ttft_s["p50"]
+        cpu = (s.router_cpu_ms_per_request or math.nan) - (base.router_cpu_ms_per_request or math.nan)
+        lines.append(
+            f"{s.api} vs {base.api}: TTFT p50 x{ttft:.3f} (target <= {API_TTFT_P50_TARGET:.2f}: "
+            f"{'met' if ttft <= API_TTFT_P50_TARGET else 'NOT met'}), router CPU {cpu:+.2f} ms/request "
+            f"(target <= +{API_CPU_TARGET_MS:g}: {'met' if cpu <= API_CPU_TARGET_MS else 'NOT met'})"
+        )
+    return "\n".join(lines)
+
+
 def plot(runs: Sequence[RunResult], path: Path) -> None:
     """Latency CDFs (TTFT, TPOT) per policy; link utilisation, t and completions over time."""
     import matplotlib
@@ -154,20 +181,20 @@ def plot(runs: Sequence[RunResult], path: Path) -> None:
         for ax, values in ((axes[0][0], [r.ttft_s for r in done]), (axes[0][1], [r.tpot_s for r in done])):
             xs = np.sort([v for v in values if v is not None])
             if len(xs):
-                ax.plot(xs, np.arange(1, len(xs) + 1) / len(xs), label=run.policy)
+                ax.plot(xs, np.arange(1, len(xs) + 1) / len(xs), label=run.label)
         util = [
             (s.t_s, s.link_bps / s.link_rate_bps) for s in run.samples if s.link_bps is not None and s.link_rate_bps
         ]
         if util:
-            axes[1][0].plot(*zip(*util, strict=True), label=f"{run.policy} utilisation")
+            axes[1][0].plot(*zip(*util, strict=True), label=f"{run.label} utilisation")
         ts = [(s.t_s, s.threshold_tokens) for s in run.samples if s.threshold_tokens is not None]
         if ts:
-            axes[1][1].step(*zip(*ts, strict=True), where="post", label=f"{run.policy} t", linestyle="--")
+            axes[1][1].step(*zip(*ts, strict=True), where="post", label=f"{run.label} t", linestyle="--")
         ends = np.sort([r.done_s for r in run.records if r.ok and r.done_s is not None])
         if len(ends):
             edges = np.arange(0.0, max(run.duration_s, float(ends[-1])) + 5.0, 5.0)
             counts, _ = np.histogram(ends, edges)
-            rate_ax.plot(edges[:-1] + 2.5, counts / 5.0, label=f"{run.policy} req/s")
+            rate_ax.plot(edges[:-1] + 2.5, counts / 5.0, label=f"{run.label} req/s")
     rate_ax.set_ylabel("completions / s (5 s bins)")
     rate_ax.legend(loc="upper right")
     _labels(axes)

@@ -11,10 +11,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from prfaas.bench.load import WORKLOADS, WorkloadSpec, build_requests
-from prfaas.bench.serve import LinkEvent, RunResult, policy_topology, predicted_rps, run_policy
-from prfaas.bench.serve_report import ServeSummary, Slo, format_compare, format_summary, plot, summarize
-from prfaas.cli.extras import require_plotting
+from prfaas.bench.load import WORKLOADS, LoadRequest, WorkloadSpec, build_requests
+from prfaas.bench.serve import APIS, LinkEvent, RunResult, policy_topology, predicted_rps, run_fronts, run_policy
+from prfaas.bench.serve_report import (
+    ServeSummary,
+    Slo,
+    format_api_compare,
+    format_compare,
+    format_summary,
+    plot,
+    summarize,
+)
+from prfaas.cli.extras import require_extra, require_plotting
 from prfaas.cli.up import link_from
 from prfaas.netem import LinkSpec
 from prfaas.netem.shaper import LinkError
@@ -35,6 +43,12 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:
     s.add_argument("--link-event", action="append", default=[], metavar="S:SPEC", help="e.g. 60:rate=200mbit")
     s.add_argument("--policy", default="prfaas", help="routing policy for a single run")
     s.add_argument("--compare", help="comma-separated policies run one after another on the same workload")
+    s.add_argument(
+        "--api",
+        default="grpc",
+        help="the front requests go through: grpc (the SDK), openai (the HTTP API), or grpc,openai to compare "
+        "both on one stack (TTFT and router CPU per request side by side)",
+    )
     s.add_argument("--workload", choices=WORKLOADS, default="lognormal")
     s.add_argument("--rate-rps", type=float, help="Poisson rate (default 1; mooncake: the trace's own times)")
     s.add_argument("--duration-s", type=float, default=60.0, help="arrivals stop after this")
@@ -64,6 +78,7 @@ class ServePlan:
     link: LinkSpec | None
     events: tuple[LinkEvent, ...]
     spec: WorkloadSpec
+    apis: tuple[str, ...] = ("grpc",)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.json:
         print(json.dumps([s.as_dict() for s in summaries]))
-    elif len(summaries) > 1:
+    elif len(summaries) > 1 and plan.apis == ("grpc",):
         print(format_compare(summaries))
     if args.out is not None:
         _write(args.out, runs, summaries)
@@ -109,12 +124,27 @@ def read_plan(args: argparse.Namespace) -> ServePlan:
     )
     if not 0 <= args.warmup_s < args.duration_s:
         raise ValueError("--warmup-s must be >= 0 and below --duration-s")
-    return ServePlan(tuple(policies), base, link, tuple(events), spec)
+    return ServePlan(tuple(policies), base, link, tuple(events), spec, _apis(args.api, policies))
+
+
+def _apis(text: str, policies: list[str]) -> tuple[str, ...]:
+    apis = tuple(a.strip() for a in text.split(",") if a.strip())
+    unknown = [a for a in apis if a not in APIS]
+    if not apis or unknown:
+        raise ValueError(f"--api takes {', '.join(APIS)} (comma-separated to compare), got {text!r}")
+    if len(apis) > 1 and len(policies) > 1:
+        raise ValueError("compare either fronts (--api grpc,openai) or policies (--compare), not both")
+    if "openai" in apis:
+        require_extra("openai", "test", "--api openai")
+    return apis
 
 
 def _run_policies(args: argparse.Namespace, plan: ServePlan) -> tuple[list[RunResult], list[ServeSummary]]:
-    """One run per policy on the same requests, each summary printed as it is ready."""
+    """One run per policy on the same requests, each summary printed as it is ready (or, with several
+    fronts, one stack and one pass per front)."""
     requests = build_requests(plan.spec)
+    if plan.apis != ("grpc",):
+        return _run_fronts(args, plan, requests)
     slo = Slo(args.slo_ttft_s, args.slo_tpot_s)
     runs: list[RunResult] = []
     summaries: list[ServeSummary] = []
@@ -141,6 +171,29 @@ def _run_policies(args: argparse.Namespace, plan: ServePlan) -> tuple[list[RunRe
         summaries.append(summarize(result, slo, predicted))
         if not args.json:
             print(format_summary(summaries[-1]), flush=True)
+    return runs, summaries
+
+
+def _run_fronts(
+    args: argparse.Namespace, plan: ServePlan, requests: list[LoadRequest]
+) -> tuple[list[RunResult], list[ServeSummary]]:
+    topology = policy_topology(plan.base, plan.policies[0])
+    fronts = " then ".join(plan.apis)
+    print(f"{fronts}: {len(requests)} requests each on one stack, {_describe(topology)}", file=sys.stderr)
+    progress = None if args.quiet else _progress_bar("/".join(plan.apis))
+    runs = run_fronts(
+        topology,
+        plan.link,
+        requests,
+        plan.spec,
+        plan.apis,
+        warmup_s=args.warmup_s,
+        drain_s=args.drain_s,
+        progress=progress,
+    )
+    summaries = [summarize(r, Slo(args.slo_ttft_s, args.slo_tpot_s)) for r in runs]
+    if not args.json:
+        print(format_api_compare(summaries), flush=True)
     return runs, summaries
 
 
@@ -177,7 +230,7 @@ def _write(out: Path, runs: list[RunResult], summaries: list[ServeSummary]) -> N
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps([s.as_dict() for s in summaries], indent=2))
     records = {
-        r.policy: {
+        r.label: {
             "records": [dataclasses.asdict(rec) for rec in r.records],
             "samples": [dataclasses.asdict(s) for s in r.samples],
         }

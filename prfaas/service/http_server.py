@@ -52,6 +52,7 @@ async def start_http_server(
         app,
         lifespan="off",
         ws="none",
+        http="httptools",
         log_config=None,
         access_log=False,
         server_header=False,

@@ -65,3 +65,15 @@ def test_bench_serve_compares_policies_across_the_emulated_link(tmp_path: Path, 
     samples = json.loads((tmp_path / "out" / "records.json").read_text())["naive"]["samples"]
     assert {s["link_rate_bps"] for s in samples} == {2e8, 1e8}  # the link event applied mid-run
     assert any(s["threshold_tokens"] for s in samples)  # the router's t, read through its forwarded /metrics
+
+
+def test_bench_serve_compares_the_grpc_and_openai_fronts_on_one_stack(tmp_path: Path) -> None:
+    grpc_front, openai_front = _serve(tmp_path, "--api", "grpc,openai")
+    assert (grpc_front["api"], openai_front["api"]) == ("grpc", "openai")
+    for front in (grpc_front, openai_front):
+        assert front["sent"] == front["completed"] > 5 and front["errors"] == {}
+        assert 0 < front["ttft_s"]["p50"] <= front["ttft_s"]["p99"]  # type: ignore[index]
+        assert 0 < front["router_cpu_ms_per_request"] < 1000  # type: ignore[operator]
+    records = json.loads((tmp_path / "out" / "records.json").read_text())
+    assert set(records) == {"prfaas", "prfaas-openai"}
+    assert all(r["num_tokens"] == 16 and r["route"] for r in records["prfaas-openai"]["records"])

@@ -9,7 +9,7 @@ import pytest
 
 from prfaas.bench.load import RequestRecord
 from prfaas.bench.serve import LinkEvent, RunResult, Sample, policy_topology, predicted_rps
-from prfaas.bench.serve_report import Slo, format_compare, summarize
+from prfaas.bench.serve_report import Slo, format_api_compare, format_compare, summarize
 from prfaas.cli import bench_serve
 from prfaas.cli.main import main
 from prfaas.netem import parse_link_spec
@@ -88,3 +88,33 @@ def test_out_without_matplotlib_is_refused_before_the_benchmark_starts(
         "or run without --out\n"
     )
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--api", "rest"], "--api takes grpc, openai (comma-separated to compare), got 'rest'"),
+        (["--api", "grpc,openai", "--compare", "prfaas,naive"], "compare either fronts"),
+    ],
+)
+def test_bad_api_choices_are_refused_before_anything_starts(
+    argv: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(bench_serve, "run_fronts", lambda *a, **k: pytest.fail("a stack started"))
+    assert main(["bench", "serve", "--quiet", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_front_comparison_reads_against_the_targets() -> None:
+    def run(api: str, ttft_s: float, cpu_s: float) -> RunResult:
+        records = [
+            RequestRecord(float(i), 10, first_token_s=i + ttft_s, done_s=i + 1.0, num_tokens=2) for i in range(4)
+        ]
+        return RunResult("prfaas", Topology(), None, records, [], 10.0, 0.0, api, cpu_s)
+
+    slo = Slo(5.0, 1.0)
+    grpc_, fast, slow = run("grpc", 0.100, 0.040), run("openai", 0.105, 0.042), run("openai", 0.120, 0.048)
+    met = format_api_compare([summarize(grpc_, slo), summarize(fast, slo)])
+    assert "TTFT p50 x1.050 (target <= 1.10: met), router CPU +0.50 ms/request (target <= +1: met)" in met
+    missed = format_api_compare([summarize(grpc_, slo), summarize(slow, slo)])
+    assert "TTFT p50 x1.200 (target <= 1.10: NOT met), router CPU +2.00 ms/request (target <= +1: NOT met)" in missed
