@@ -18,19 +18,18 @@ from prfaas.engine.validation import InvalidRequest
 from prfaas.service.convert import finish_reason_pb, sampling_from_pb, tenant_salt
 from prfaas.service.grpc_server import RunningServer, start_server
 from prfaas.service.status import abort, refuse
-from prfaas.service.watch import serve_watch
-from prfaas.service.worker import worker_info
+from prfaas.service.worker import WorkerRpcs, worker_info
 from prfaas.state import StatePublisher
 from prfaas.state.sources import decode_samples, engine_publisher
 from prfaas.telemetry import metrics
 from prfaas.transfer.dataplane import DataListener
 from prfaas.transfer.framing import add_decode_service
 from prfaas.transfer.receiver import LEASE_EXPIRED, KvReceiver, Pending, TransferRefused
-from prfaas.v1 import common_pb2, decode_pb2, decode_pb2_grpc, state_pb2
+from prfaas.v1 import decode_pb2, decode_pb2_grpc, state_pb2
 from services.decode.settings import DecodeSettings
 
 
-class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
+class DecodeServicer(WorkerRpcs, decode_pb2_grpc.DecodeServiceServicer):
     def __init__(
         self, engine: AsyncEngine, settings: DecodeSettings, state: StatePublisher, data: DataListener | None = None
     ) -> None:
@@ -111,17 +110,6 @@ class DecodeServicer(decode_pb2_grpc.DecodeServiceServicer):
         return decode_pb2.GetDecodeLoadResponse(
             active=active, free_blocks=free, samples=samples, max_seqs=self.engine.info.max_seqs
         )
-
-    async def GetWorkerInfo(
-        self, request: common_pb2.GetWorkerInfoRequest, context: grpc.aio.ServicerContext
-    ) -> common_pb2.GetWorkerInfoResponse:
-        return common_pb2.GetWorkerInfoResponse(info=worker_info(self.settings, self.engine.info.fingerprint))
-
-    async def Watch(
-        self, request: state_pb2.WatchRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[state_pb2.StateEvent]:
-        async for event in serve_watch(self.state, context):
-            yield event
 
 
 async def start_receiver(runner: AsyncEngine, settings: DecodeSettings, state: StatePublisher) -> DecodeServicer:

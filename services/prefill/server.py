@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -19,19 +19,18 @@ from prfaas.pool.client import PoolClient
 from prfaas.service.convert import check_request_id, check_tenant, sampling_from_pb, tenant_salt
 from prfaas.service.grpc_server import RunningServer, channel, start_server
 from prfaas.service.status import abort, shed
-from prfaas.service.watch import serve_watch
-from prfaas.service.worker import worker_info
+from prfaas.service.worker import WorkerRpcs, worker_info
 from prfaas.state import StatePublisher
 from prfaas.state.sources import engine_publisher
 from prfaas.telemetry import metrics
 from prfaas.transfer.dataplane import data_host
 from prfaas.transfer.export import ExportJob, ExportTarget, ExportTiming, export_state
 from prfaas.transfer.sender import DataPlaneTarget, TransferError, TransferStats
-from prfaas.v1 import common_pb2, prefill_pb2, prefill_pb2_grpc, state_pb2
+from prfaas.v1 import prefill_pb2, prefill_pb2_grpc, state_pb2
 from services.prefill.settings import PrefillSettings
 
 
-class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
+class PrefillServicer(WorkerRpcs, prefill_pb2_grpc.PrefillServiceServicer):
     def __init__(self, engine: AsyncEngine, settings: PrefillSettings, state: StatePublisher) -> None:
         self.engine = engine
         self.settings = settings
@@ -142,17 +141,6 @@ class PrefillServicer(prefill_pb2_grpc.PrefillServiceServicer):
         return prefill_pb2.GetLoadResponse(
             queue_depth=self._active, queued_tokens=self._queued_tokens, free_blocks=free, samples=list(self.samples)
         )
-
-    async def GetWorkerInfo(
-        self, request: common_pb2.GetWorkerInfoRequest, context: grpc.aio.ServicerContext
-    ) -> common_pb2.GetWorkerInfoResponse:
-        return common_pb2.GetWorkerInfoResponse(info=worker_info(self.settings, self.engine.info.fingerprint))
-
-    async def Watch(
-        self, request: state_pb2.WatchRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[state_pb2.StateEvent]:
-        async for event in serve_watch(self.state, context):
-            yield event
 
     def _load(self) -> state_pb2.LoadReport:
         """The prefill role's part of the worker's load."""
