@@ -13,15 +13,14 @@ import asyncio
 import dataclasses
 import json
 import math
-import os
 import re
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from prfaas.bench.cpu import process_cpu_s
 from prfaas.bench.load import LoadRequest, RequestRecord, WorkloadSpec, retokened, run_load
 from prfaas.netem import LinkSpec, parse_link_spec
 from prfaas.netem.shaper import run_command
@@ -262,9 +261,3 @@ def run_fronts(
                 RunResult(topology.policy, topology, link_text, records, [], workload.duration_s, warmup_s, api, cpu_s)
             )
     return results
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -36,6 +36,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="print grpc_gbps (as deployed: data plane), inband_gbps, tcp_gbps, ratio, inband_ratio (and the rest)",
     )
     t.set_defaults(run=run_transfer)
+    c = kinds.add_parser("cpu", help="CPU per request of each service kind, live, vs the number of decode workers")
+    c.add_argument("--decode-workers", default="1,12", help="stacks to measure (comma-separated)")
+    c.add_argument("--requests", type=int, default=30, help="requests sent one after another per stack")
+    c.add_argument("--prompt-tokens", type=int, default=4000)
+    c.add_argument("--output-tokens", type=int, default=16)
+    c.add_argument("--settle-s", type=float, default=10.0, help="wait after startup before measuring")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(run=run_cpu)
     bench_overlap.add_parser(kinds)
     bench_route.add_parser(kinds)
     bench_serve.add_parser(kinds)
@@ -65,4 +73,15 @@ def run_engine(args: argparse.Namespace) -> int:
         log=(lambda _m: None) if args.json else print,
     )
     print(json.dumps(result.as_dict()) if args.json else format_table(result))
+    return 0
+
+
+def run_cpu(args: argparse.Namespace) -> int:
+    from prfaas.bench.cpu import format_table, measure
+    from prfaas.stack import Topology
+
+    base = Topology(engine="mock", prfaas_prefill=1, pd_prefill=1, replan_period_s=0, http_port=None)
+    counts = [int(x) for x in args.decode_workers.split(",") if x.strip()]
+    points = [measure(base, n, args.requests, args.prompt_tokens, args.output_tokens, args.settle_s) for n in counts]
+    print(json.dumps([p.as_dict() for p in points]) if args.json else format_table(points))
     return 0
