@@ -108,11 +108,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     async def rebalance(self, target: Split) -> int:
         """Convert dual-role PD workers toward `target` (drain, then switch); a worker's old-role work in
-        flight is read from its load reports."""
+        flight is what its load reports and this router's own counts say (`SourceTable.busy`)."""
 
         async def in_flight(addr: str) -> int:
-            state = self.table.load(addr)
-            return 0 if state is None else int(state.load.queue_depth + state.load.registered + state.sent)
+            return self.table.busy.get(addr, 0)
 
         probes = {PREFILL_ROLE: in_flight, DECODE_ROLE: in_flight}
         return await self.roles.rebalance(target, probes, self.settings.drain_timeout_s)
