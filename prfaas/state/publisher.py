@@ -33,7 +33,7 @@ class StatePublisher:
         self.stream = StateStream(max_queued, instance_id)
         self._snapshot = snapshot
         self._loads: list[LoadSource] = []
-        self._throttle = LoadThrottle(min_report_interval_s)
+        self._throttle = LoadThrottle(min_report_interval_s, heartbeat_s=report_every_s)
         self._report_every_s = report_every_s
         self._flush: asyncio.TimerHandle | None = None
         self._tick: asyncio.TimerHandle | None = None

@@ -106,11 +106,13 @@ class StateStream:
 class LoadThrottle:
     """When to send load reports: at most one per `interval_s`, and a request made inside an interval is
     served at its end, so every change is reported within `interval_s`. A report equal to the last one
-    sent is skipped."""
+    sent is skipped, unless none went out for `heartbeat_s`: then it is the stream's heartbeat, by which a
+    subscriber tells a silent (hung, cut off) source from an idle one."""
 
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
+    def __init__(self, interval_s: float, heartbeat_s: float = math.inf) -> None:
+        self.interval_s, self.heartbeat_s = interval_s, heartbeat_s
         self._sent_s = -math.inf
+        self._published_s = -math.inf
         self._requested = False
         self._last: state_pb2.LoadReport | None = None
 
@@ -124,9 +126,9 @@ class LoadThrottle:
     def flush(self, now_s: float, report: state_pb2.LoadReport) -> state_pb2.LoadReport | None:
         """The report to send now, or None when it says nothing new."""
         self._requested, self._sent_s = False, now_s
-        if report == self._last:
+        if report == self._last and now_s - self._published_s < self.heartbeat_s:
             return None
-        self._last = report
+        self._last, self._published_s = report, now_s
         return report
 
     def forget(self) -> None:

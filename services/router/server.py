@@ -76,7 +76,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.tls = settings.tls
         self.health = Health(settings.health_interval_s, self.tls)
         self.table = SourceTable()  # what the workers and pools publish
-        self.watcher = StateWatcher(self.table, self.health, settings.health_interval_s)
+        self.watcher = StateWatcher(self.table, self.health, settings.health_interval_s, settings.state_silence_s)
         prfaas = self._cluster(PRFAAS, split_addresses(settings.prfaas_prefill), settings.prfaas_pool, None)
         pd = self._cluster(PD, [*pd_prefill, *dual], settings.pd_pool, self._pd_prefill)
         self.clusters = {PRFAAS: prfaas, PD: pd}

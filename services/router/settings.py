@@ -35,6 +35,7 @@ class RouterSettings(ServerSettings):
     token_stall_timeout_s: float = 60.0  # a generating decode stream with no token this long is retried elsewhere
     health_interval_s: float = 1.0  # a backend marked down gets a health check this often until it answers
     probe_timeout_s: float = 2.0  # the startup check of each worker (GetWorkerInfo)
+    state_silence_s: float = 5.0  # a source whose state stream brings nothing this long is marked down
     prefix_copy_timeout_s: float = 30.0  # copying a cached prefix from one cluster's pool to the other's
     policy: str = "prfaas"  # prfaas, prfaas-static-t, prfaas-no-cache, prfaas-no-short, homogeneous, naive
     link_gbps: float = 100.0  # capacity of the PrfaaS -> PD link (utilization = measured egress / this)
@@ -67,8 +68,8 @@ class RouterSettings(ServerSettings):
             raise ValueError("at least one prefill worker is required (--pd-prefill or --prfaas-prefill)")
         if self.max_attempts < 1 or self.liveness_timeout_s <= 0 or self.health_interval_s <= 0:
             raise ValueError("max_attempts must be >= 1, liveness_timeout_s and health_interval_s positive")
-        if self.probe_timeout_s <= 0 or self.prefix_copy_timeout_s <= 0:
-            raise ValueError("probe_timeout_s and prefix_copy_timeout_s must be positive")
+        if min(self.probe_timeout_s, self.prefix_copy_timeout_s, self.state_silence_s) <= 0:
+            raise ValueError("probe_timeout_s, prefix_copy_timeout_s and state_silence_s must be positive")
         if self.token_stall_timeout_s <= 0:
             raise ValueError("token_stall_timeout_s must be positive (seconds between two tokens of a stream)")
         if self.threshold_tokens < 0:

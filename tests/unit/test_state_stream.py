@@ -165,3 +165,12 @@ async def test_a_slow_subscriber_is_resynced_with_a_fresh_snapshot() -> None:
         after = [await anext(events) for _ in range(2)]
         assert [e.seq for e in after] == [resync.seq + 1, resync.seq + 2]
         await events.aclose()
+
+
+def test_an_unchanged_report_is_repeated_as_the_heartbeat() -> None:
+    throttle = LoadThrottle(0.2, heartbeat_s=1.0)
+    report = state_pb2.LoadReport(registered=2)
+    assert throttle.flush(0.0, report) == report
+    assert throttle.flush(0.5, state_pb2.LoadReport(registered=2)) is None  # nothing new, heartbeat not due
+    assert throttle.flush(1.0, state_pb2.LoadReport(registered=2)) == report  # a second without a report
+    assert throttle.flush(1.5, state_pb2.LoadReport(registered=2)) is None
