@@ -90,24 +90,6 @@ class KvIndex:
         return len(self._blocks) + len(self._snapshots)
 
     # -- lookups --------------------------------------------------------------------------------------------
-    def full_block_prefixes(self, hashes: Sequence[bytes], limit_blocks: int, among: int) -> dict[str, int]:
-        """Per source of the mask `among`: how many leading blocks of the prompt it holds (at most
-        `limit_blocks`); a source holding none is left out. This is the prefix a KV import can start from
-        (a transfer carries the final linear state, so no snapshot is needed)."""
-        found: dict[str, int] = {}
-        alive = among
-        for depth, h in enumerate(hashes[:limit_blocks]):
-            holders = self._blocks.get(h, 0)
-            for bit in _bits(alive & ~holders):
-                if depth:
-                    found[self._names[bit]] = depth
-            alive &= holders
-            if not alive:
-                return found
-        for bit in _bits(alive):
-            found[self._names[bit]] = min(limit_blocks, len(hashes))
-        return found
-
     def deepest(self, hashes: Sequence[bytes], limit_blocks: int, among: int) -> tuple[int, list[str]]:
         """The longest full-block prefix of the prompt that any source of `among` holds (at most
         `limit_blocks`), and the sources holding exactly that much; (0, []) when none holds block 0.

@@ -36,7 +36,8 @@ class Health:
     the router then routes around it (prefill and decode choices, cache-pool lookups) instead of paying a
     probe timeout per request. Every `interval_s` each down backend gets one health check with a deadline
     of `interval_s`; the first SERVING answer brings it back. Backends never marked down are not probed
-    here: the router's per-request load probes already see them.
+    here: their state streams (`watch.py`) show them alive, and a stream that breaks or falls silent marks
+    its source down.
     """
 
     def __init__(self, interval_s: float, tls: TlsSettings | None = None, clock: Callable[[], float] = time.monotonic):

@@ -14,18 +14,6 @@ from prfaas.v1 import state_pb2
 H = [bytes([i]) * 16 for i in range(10)]
 
 
-def test_full_block_prefix_per_source_in_one_walk() -> None:
-    index = KvIndex()
-    index.replace("a", H[:5], ())
-    index.replace("b", H[:2], ())
-    index.replace("c", [H[0], H[2]], ())  # a hole after block 0
-    index.replace("d", H[3:6], ())  # not a prefix at all
-    among = index.mask(["a", "b", "c", "d"])
-    assert index.full_block_prefixes(H[:8], 8, among) == {"a": 5, "b": 2, "c": 1}
-    assert index.full_block_prefixes(H[:8], 3, among) == {"a": 3, "b": 2, "c": 1}  # capped at the limit
-    assert index.full_block_prefixes(H[:8], 8, index.mask(["b"])) == {"b": 2}  # only the sources asked for
-
-
 def test_hybrid_prefix_needs_a_snapshot_at_the_boundary() -> None:
     index = KvIndex()
     index.replace("pool", H[:6], [H[1], H[3], H[7]])
@@ -58,9 +46,9 @@ def test_a_source_that_leaves_takes_its_entries_and_its_bit_is_reused() -> None:
     index.replace("b", H[:2], ())
     index.drop("a")
     assert index.num_hashes == 2 and index.held("a") == (0, 0)
-    assert index.full_block_prefixes(H, 10, index.mask(["a", "b"])) == {"b": 2}
+    assert index.deepest(H, 10, index.mask(["a", "b"])) == (2, ["b"])
     index.replace("c", H[:4], ())  # takes a's bit: no stale entry of a shows up as c's
-    assert index.full_block_prefixes(H, 10, index.mask(["b", "c"])) == {"b": 2, "c": 4}
+    assert index.deepest(H, 10, index.mask(["b", "c"])) == (4, ["c"])
 
 
 def test_delta_order_is_cleared_then_removed_then_stored() -> None:
@@ -69,7 +57,7 @@ def test_delta_order_is_cleared_then_removed_then_stored() -> None:
     index.update("a", stored=[H[5]], removed=[H[5], H[2]], cleared=False)  # removed first, then stored
     assert index.held("a") == (3, 0)
     index.update("a", stored=[H[0]], cleared=True)
-    assert index.held("a") == (1, 0) and index.full_block_prefixes(H, 10, index.mask(["a"])) == {"a": 1}
+    assert index.held("a") == (1, 0) and index.deepest(H, 10, index.mask(["a"])) == (1, ["a"])
 
 
 def _event(instance: str, seq: int, **kind: object) -> state_pb2.StateEvent:
@@ -87,7 +75,7 @@ def test_table_applies_a_stream_and_asks_to_resync_on_a_gap_or_a_new_instance() 
     assert table.apply("w", _event("i1", 9, load=state_pb2.LoadReport(registered=4)))
     state = table.load("w")
     assert state is not None and state.load.registered == 4 and state.sent == 0  # the report counts them now
-    assert table.index.full_block_prefixes(H, 10, table.index.mask(["w"])) == {"w": 3}
+    assert table.index.deepest(H, 10, table.index.mask(["w"])) == (3, ["w"])
     assert not table.apply("w", _event("i1", 11, kv=state_pb2.KvDelta(stored=[H[3]])))  # seq 10 lost
     assert table.load("w") is None and table.index.held("w") == (0, 0)
     assert not table.apply("w", _event("i1", 12, kv=state_pb2.KvDelta()))  # still waiting for a snapshot
